@@ -1,0 +1,462 @@
+"""The optimisation loops of AYG, written out explicitly (sec. 3.2–3.4, C, D.3, E.2).
+
+* ``run_stage1``: Gaussians only; MVDream-style multiview teacher (ω_3D, negative prompt) plus
+  the image teacher (ω_im, view guidance) on the same 4 renders (eq. 22); densification.
+* ``run_stage2``: the deformation field only; video teacher (negative prompt, then motion
+  amplification, eq. 23–24) plus the image teacher on 3 random frames and the middle frame;
+  λ_JSD·JSD (C.5) and λ_rig·rigidity (C.4), dynamic cameras (C.6) and fps sampling (C.3).
+  The same loop trains an extension or loop segment (sec. 3.4) with the interpolation
+  regulariser, earlier segments frozen.
+* fine-tuning (C.9) reuses both with other settings.
+
+Every loop checkpoints atomically every ``checkpoint_every`` steps (parameters, optimiser and
+densification state, the generator's state, the losses so far) and resumes from its checkpoint:
+a resumed run is bitwise the run that was not interrupted. A step whose gradient holds NaN or
+Inf is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ayg.cameras import FpsSampler, Stage1CameraSampler, Stage2CameraSampler, view_direction
+from ayg.config import RunConfig, Stage1Config, Stage2Config
+from ayg.deformation import DeformationConfig, DeformationField, Motion, Segment
+from ayg.distill import Conditioning, TeacherTerm, TRangeSchedule, distill_loss
+from ayg.gaussians import DensifyStrategy, GaussianCloud, GaussianLR, make_optimizer, update_learning_rate
+from ayg.io_utils import atomic_torch_save
+from ayg.regularizers import jsd_regularizer, knn_indices, rigidity_loss
+from ayg.render import rasterize, render_gaussians
+
+StepCallback = Callable[[str, int], None]
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class LossLog:
+    """Losses as JSON lines (one file per run) and, when installed, TensorBoard."""
+
+    def __init__(self, path: Path | None, tensorboard_dir: Path | None = None):
+        self.path = path
+        self.writer = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(tensorboard_dir))
+            except Exception:  # tensorboard is optional
+                self.writer = None
+
+    def truncate_after(self, phase: str, step: int) -> None:
+        """On resume, drop lines of ``phase`` past ``step`` (they are recomputed identically)."""
+        if self.path is None or not self.path.exists():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the interruption
+            if rec.get("phase") == phase and rec.get("step", -1) >= step:
+                continue
+            keep.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in keep))
+        os.replace(tmp, self.path)
+
+    def write(self, phase: str, step: int, stats: dict[str, float]) -> None:
+        rec = {"phase": phase, "step": step, **{k: _num(v) for k, v in stats.items()}}
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if self.writer is not None:
+            for k, v in stats.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(f"{phase}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _num(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+@dataclass
+class RunContext:
+    """What a loop needs besides its config: where to checkpoint, how to report."""
+
+    device: torch.device
+    backend: str = "auto"
+    checkpoint_path: Path | None = None
+    checkpoint_every: int = 500
+    log: LossLog = field(default_factory=lambda: LossLog(None))
+    log_every: int = 10
+    progress: bool = True
+    callback: StepCallback | None = None  # called after every step (tests interrupt runs here)
+
+
+def _grads_finite(params: list[Tensor]) -> bool:
+    for p in params:
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return False
+    return True
+
+
+def _progress(total: int, start: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, leave=True)
+
+
+def _random_backgrounds(n: int, generator: torch.Generator, device) -> Tensor:
+    """(n, 3) black or white, each with probability ½ (E.2)."""
+    white = torch.rand(n, generator=generator) < 0.5
+    return white.float()[:, None].expand(n, 3).to(device)
+
+
+def _load_checkpoint(path: Path | None, phase: str) -> dict | None:
+    if path is None or not path.exists():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("phase") != phase:
+        return None
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+
+def stage1_terms(cfg: Stage1Config) -> tuple[TeacherTerm, TeacherTerm]:
+    """The two teacher terms of eq. 22: (multiview, image)."""
+    mv = TeacherTerm(
+        weight=cfg.omega_3d,
+        t_schedule=TRangeSchedule(cfg.t_multiview_start, cfg.t_multiview_end, 0, cfg.t_multiview_steps),
+        mode=cfg.mode,
+        guidance_scale=cfg.sds_guidance,
+        negative_prompt=cfg.negative_prompt,
+        negative_weight=cfg.omega_neg,
+    )
+    im = TeacherTerm(
+        weight=cfg.omega_im,
+        t_schedule=TRangeSchedule(cfg.t_image_start, cfg.t_image_end, 0, cfg.t_image_steps),
+        mode=cfg.mode,
+        guidance_scale=cfg.sds_guidance,
+        view_guidance=cfg.omega_vg,
+    )
+    return mv, im
+
+
+def run_stage1(
+    prompt: str,
+    cfg: Stage1Config,
+    teachers: dict[str, Any],
+    ctx: RunContext,
+    seed: int,
+    cloud: GaussianCloud | None = None,
+    phase: str = "stage1",
+) -> GaussianCloud:
+    """Optimise a static cloud (from ``cloud`` or the C.1 initialisation) for ``cfg.steps``."""
+    device = ctx.device
+    generator = torch.Generator().manual_seed(seed)
+    if cloud is None:
+        cloud = GaussianCloud.init_sphere(
+            n=cfg.init_gaussians, radius=cfg.init_radius, sh_degree=cfg.sh_degree, generator=generator, device=device
+        )
+    else:
+        cloud = cloud.clone().to(device)
+    lr = GaussianLR(
+        position=cfg.lr_position,
+        position_final=cfg.lr_position_final,
+        position_decay_steps=cfg.lr_position_decay_steps,
+        rgb=cfg.lr_rgb,
+        sh=cfg.lr_sh,
+        opacity=cfg.lr_opacity,
+        scaling=cfg.lr_scaling,
+        scale=cfg.lr_scale,
+    )
+    optimizer = make_optimizer(cloud, lr)
+    strategy = DensifyStrategy(
+        grad_threshold=cfg.densify_grad_threshold,
+        prune_opacity=cfg.prune_opacity,
+        start=cfg.densify_start,
+        every=cfg.densify_every,
+        stop=cfg.densify_stop,
+        max_gaussians=cfg.max_gaussians,
+        reset_every=cfg.opacity_reset_every,
+        reset_value=cfg.opacity_reset_value,
+    )
+    strategy_state = strategy.initialize_state()
+    start, skipped = 0, 0
+
+    ckpt = _load_checkpoint(ctx.checkpoint_path, phase)
+    if ckpt is not None:
+        cloud = GaussianCloud.from_state_dict(ckpt["cloud"]).to(device)
+        optimizer = make_optimizer(cloud, lr)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        strategy_state = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in ckpt["strategy"].items()}
+        generator.set_state(ckpt["generator"])
+        start, skipped = int(ckpt["step"]), int(ckpt["skipped"])
+        ctx.log.truncate_after(phase, start)
+
+    sampler = Stage1CameraSampler(
+        fov_range=cfg.fov_range,
+        elevation_range=cfg.elevation_range,
+        scale_range=cfg.scale_range,
+        views=cfg.views,
+        width=cfg.width,
+        height=cfg.height,
+    )
+    mv_term, im_term = stage1_terms(cfg)
+    mv_teacher = teachers.get("multiview") if cfg.use_multiview else None
+    im_teacher = teachers.get("image") if cfg.use_image else None
+    if mv_teacher is None and im_teacher is None:
+        raise ValueError("stage 1 needs at least one of the multiview and image teachers")
+
+    bar = _progress(cfg.steps, start, phase, ctx.progress)
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        update_learning_rate(optimizer, lr, step)
+        cams = sampler.sample(cfg.batch, generator, device)  # B·V cameras
+        bg = _random_backgrounds(cfg.batch, generator, device).repeat_interleave(cfg.views, 0)
+        out = render_gaussians(cloud, cams, background=bg, backend=ctx.backend)
+        info = {"means2d": out.means2d, "radii": out.radii, "width": cfg.width, "height": cfg.height}
+        strategy.step_pre_backward(info)
+        images = out.rgb.view(cfg.batch, cfg.views, 3, cfg.height, cfg.width)  # (B, V, 3, H, W)
+
+        loss = torch.zeros((), device=device)
+        stats: dict[str, float] = {}
+        if mv_teacher is not None:
+            l_mv, s = distill_loss(
+                mv_teacher, mv_term, images, prompt, step, generator, cond=Conditioning(cameras=cams)
+            )
+            loss = loss + l_mv
+            stats.update({f"mv_{k}": v for k, v in s.items()})
+        if im_teacher is not None:
+            views = [
+                view_direction(float(e), float(a)) for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist())
+            ]
+            l_im, s = distill_loss(
+                im_teacher, im_term, images.reshape(-1, 1, 3, cfg.height, cfg.width), prompt, step, generator,
+                views=views,
+            )
+            loss = loss + l_im
+            stats.update({f"im_{k}": v for k, v in s.items()})
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if _grads_finite(params):
+            optimizer.step()
+        else:
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+        event = strategy.step_post_backward(cloud, optimizer, strategy_state, step, info)
+        done = step + 1
+        stats.update(loss=loss.item(), n_gaussians=cloud.num, skipped_steps=skipped)
+        if isinstance(event, dict):
+            stats.update({k: v for k, v in event.items() if isinstance(v, (int, float))})
+        if done % ctx.log_every == 0 or done == cfg.steps:
+            ctx.log.write(phase, step, stats)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3g}", N=cloud.num, skip=skipped)
+        if ctx.checkpoint_path is not None and (done % ctx.checkpoint_every == 0) and done < cfg.steps:
+            atomic_torch_save(
+                {
+                    "phase": phase,
+                    "step": done,
+                    "skipped": skipped,
+                    "cloud": cloud.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "strategy": strategy_state,
+                    "generator": generator.get_state(),
+                },
+                ctx.checkpoint_path,
+            )
+        if ctx.callback is not None:
+            ctx.callback(phase, done)
+    if bar is not None:
+        bar.close()
+    ctx.log.write(phase, cfg.steps, {"seconds": time.perf_counter() - t0, "skipped_steps": skipped})
+    return cloud.detached()
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+
+def stage2_terms(cfg: Stage2Config, grad_frames: int | None = None) -> tuple[TeacherTerm, TeacherTerm]:
+    """The two teacher terms of eq. 24: (video, image)."""
+    schedule = TRangeSchedule(cfg.t_range, cfg.t_range, 0, 1)
+    vid = TeacherTerm(
+        weight=cfg.omega_vid,
+        t_schedule=schedule,
+        mode=cfg.mode,
+        guidance_scale=cfg.sds_guidance,
+        negative_prompt=cfg.negative_prompt,
+        negative_weight=cfg.omega_neg,
+        motion_amplification=cfg.omega_ma,
+        grad_frames=grad_frames,
+    )
+    im = TeacherTerm(weight=cfg.omega_im, t_schedule=schedule, mode=cfg.mode, guidance_scale=cfg.sds_guidance)
+    return vid, im
+
+
+def image_frame_indices(batch: int, frames: int, k: int, generator: torch.Generator) -> Tensor:
+    """(B, k) frame indices for the image teacher: k−1 random frames plus the middle one
+    (the 8th of 16, index 7; sec. 3.2)."""
+    middle = (frames - 1) // 2
+    out = []
+    for _ in range(batch):
+        others = torch.tensor([i for i in range(frames) if i != middle])
+        pick = others[torch.randperm(len(others), generator=generator)[: k - 1]]
+        out.append(torch.cat([pick, torch.tensor([middle])]))
+    return torch.stack(out)
+
+
+def new_segment(cfg: Stage2Config, kind: str, prompt: str, device) -> Segment:
+    field_ = DeformationField(DeformationConfig(hidden=cfg.hidden, layers=cfg.layers, frequencies=cfg.frequencies))
+    return Segment(field=field_.to(device), kind=kind, prompt=prompt)
+
+
+def run_stage2(
+    prompt: str,
+    cfg: Stage2Config,
+    cloud: GaussianCloud,
+    motion: Motion,
+    teachers: dict[str, Any],
+    ctx: RunContext,
+    seed: int,
+    grad_frames: int | None = None,
+    phase: str = "stage2",
+) -> Motion:
+    """Optimise the LAST segment of ``motion`` (its earlier segments stay fixed) on the frozen
+    ``cloud``. Returns the motion with the trained segment."""
+    device = ctx.device
+    generator = torch.Generator().manual_seed(seed)
+    cloud = cloud.detached().to(device)
+    if not motion.segments:
+        raise ValueError("run_stage2 needs a motion with at least one segment to train")
+    trained = motion.segments[-1].field.to(device)
+    for seg in motion.segments[:-1]:
+        seg.field.to(device).requires_grad_(False)
+    trained.requires_grad_(True)
+    optimizer = torch.optim.Adam(trained.parameters(), lr=cfg.lr)
+    start, skipped = 0, 0
+
+    ckpt = _load_checkpoint(ctx.checkpoint_path, phase)
+    if ckpt is not None:
+        trained.load_state_dict(ckpt["field"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
+        start, skipped = int(ckpt["step"]), int(ckpt["skipped"])
+        ctx.log.truncate_after(phase, start)
+
+    means0 = cloud.means.detach()  # (N, 3)
+    with torch.no_grad():
+        canon = motion.positions(means0, torch.tensor([motion.segment_start(len(motion.segments) - 1)], device=device))[0]
+    knn = knn_indices(canon, k=min(cfg.knn, max(cloud.num - 1, 1)))  # from the segment's first frame
+    scales, quats, opacity, sh = cloud.scales, cloud.quats, cloud.opacity, cloud.sh
+    if quats is not None:
+        quats = cloud.rotations
+
+    fps_sampler = FpsSampler(fps_values=cfg.fps_values, probs=cfg.fps_probs, frames=cfg.frames)
+    cam_sampler = Stage2CameraSampler(
+        fov_range=cfg.fov_range,
+        elevation_range=cfg.elevation_range,
+        distance_range=cfg.distance_range,
+        elevation_offset_range=cfg.elevation_offset_range,
+        azimuth_offset_range=cfg.azimuth_offset_range,
+        frames=cfg.frames,
+        dynamic=cfg.dynamic_cameras,
+        width=cfg.width,
+        height=cfg.height,
+    )
+    vid_term, im_term = stage2_terms(cfg, grad_frames)
+    video = teachers.get("video")
+    image = teachers.get("image") if cfg.use_image else None
+    if video is None:
+        raise ValueError("stage 2 needs a video teacher")
+
+    B, F, H, W = cfg.batch, cfg.frames, cfg.height, cfg.width
+    bar = _progress(cfg.steps, start, phase, ctx.progress)
+    t0 = time.perf_counter()
+    for step in range(start, cfg.steps):
+        fps, tau = fps_sampler.sample(B, generator, device)  # (B,), (B, F)
+        cams = cam_sampler.sample(B, generator, device)  # B·F cameras, clip-major
+        bg = _random_backgrounds(B, generator, device).repeat_interleave(F, 0)
+        positions, interp = motion.positions_for_training(means0, tau.reshape(-1))  # (B·F, N, 3)
+        out = rasterize(positions, scales, quats, opacity, sh, cams, background=bg, sh_degree=cloud.sh_degree,
+                        backend=ctx.backend)
+        frames = out.rgb.view(B, F, 3, H, W)
+
+        l_vid, s_vid = distill_loss(video, vid_term, frames, prompt, step, generator, cond=Conditioning(fps=fps))
+        loss = l_vid
+        stats = {f"vid_{k}": v for k, v in s_vid.items()}
+        if image is not None:
+            idx = image_frame_indices(B, F, cfg.image_frames, generator).to(device)  # (B, k)
+            picked = torch.gather(frames, 1, idx[:, :, None, None, None].expand(-1, -1, 3, H, W))
+            l_im, s_im = distill_loss(image, im_term, picked.reshape(-1, 1, 3, H, W), prompt, step, generator)
+            loss = loss + l_im
+            stats.update({f"im_{k}": v for k, v in s_im.items()})
+        delta = positions - canon[None]  # (B·F, N, 3) displacement of this segment
+        l_rig = rigidity_loss(delta, knn)
+        l_jsd = jsd_regularizer(canon, positions)
+        loss = loss + cfg.lambda_rigidity * l_rig + cfg.lambda_jsd * l_jsd + cfg.lambda_interp * interp
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if _grads_finite(list(trained.parameters())):
+            optimizer.step()
+        else:
+            skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        stats.update(
+            loss=loss.item(), rigidity=l_rig.item(), jsd=l_jsd.item(), interp=float(interp),
+            motion=delta.norm(dim=-1).mean().item(), skipped_steps=skipped,
+        )
+        if done % ctx.log_every == 0 or done == cfg.steps:
+            ctx.log.write(phase, step, stats)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3g}", motion=f"{stats['motion']:.3f}", skip=skipped)
+        if ctx.checkpoint_path is not None and (done % ctx.checkpoint_every == 0) and done < cfg.steps:
+            atomic_torch_save(
+                {
+                    "phase": phase,
+                    "step": done,
+                    "skipped": skipped,
+                    "field": trained.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                },
+                ctx.checkpoint_path,
+            )
+        if ctx.callback is not None:
+            ctx.callback(phase, done)
+    if bar is not None:
+        bar.close()
+    trained.requires_grad_(False)
+    ctx.log.write(phase, cfg.steps, {"seconds": time.perf_counter() - t0, "skipped_steps": skipped})
+    return motion
