@@ -143,8 +143,9 @@ def _check_tau(tau: Tensor) -> None:
 
 @dataclass
 class Segment:
-    """One deformation field of a chain. kind: "base" (first segment), "extend" (sec. 3.4)
-    or "loop" (last segment, ends on the first pose, sec. 4)."""
+    """One deformation field of a chain. kind: "base" (the first segment), "extend" (a later
+    one, sec. 3.4) or "loop" (the last segment, ends on the first pose, sec. 4; may also be the
+    only segment: a loop of the static cloud)."""
 
     field: DeformationField
     kind: str = "base"
@@ -155,7 +156,7 @@ class Segment:
             raise ValueError(f"segment kind must be one of {SEGMENT_KINDS}, got {self.kind!r}")
 
 
-class Motion(nn.Module):
+class Motion:
     """A chain of deformation fields over global time g ∈ [0, duration] (sec. 3.4).
 
     Segment k covers g ∈ [s_k, s_k + 1] with s_k = 0.5·k and local time u = g − s_k. Its raw
@@ -164,35 +165,69 @@ class Motion(nn.Module):
     raw(u) = lerp(canon, means0, smoothstep(u)) + ξ(1−u)·Δ(canon, u) (Δ already carries ξ(u)).
     On [s_k, s_k + 0.5] the chain is (1−χ)·raw_{k−1} + χ·raw_k with χ = (g − s_k)/0.5.
     With no segment at all the asset is static: positions = means0, duration 1.
+
+    Not an ``nn.Module``: ``segments`` is a plain list (appending to it is allowed; the chain
+    is validated whenever it is evaluated), and ``to`` / ``parameters`` go through it.
     """
 
     def __init__(self, segments: list[Segment] | None = None) -> None:
-        super().__init__()
-        segments = list(segments or [])
-        for k, seg in enumerate(segments):
+        self.segments: list[Segment] = list(segments or [])
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises ValueError unless: segment 0 is "base" or "loop", later ones "extend" or
+        "loop", and a loop is the last segment."""
+        last = len(self.segments) - 1
+        for k, seg in enumerate(self.segments):
             if not isinstance(seg, Segment):
                 raise ValueError(f"segment {k} must be a Segment, got {type(seg).__name__}")
-            if (k == 0) != (seg.kind == "base"):
-                raise ValueError(f"segment {k} has kind {seg.kind!r}: only segment 0 is 'base'")
-            if seg.kind == "loop" and k != len(segments) - 1:
+            if (k == 0 and seg.kind == "extend") or (k > 0 and seg.kind == "base"):
+                raise ValueError(
+                    f"segment {k} has kind {seg.kind!r}: segment 0 is 'base' or 'loop', "
+                    "later ones 'extend' or 'loop'"
+                )
+            if seg.kind == "loop" and k != last:
                 raise ValueError(f"segment {k} is a loop: a loop must be the last segment")
-        self.segments = segments
-        self.fields = nn.ModuleList([s.field for s in segments])
 
     def __len__(self) -> int:
         return len(self.segments)
+
+    @property
+    def fields(self) -> list[DeformationField]:
+        return [s.field for s in self.segments]
 
     @property
     def duration(self) -> float:
         return 1.0 + SEGMENT_STRIDE * max(len(self.segments) - 1, 0)
 
     def start(self, k: int) -> float:
-        """s_k, the global time at which segment k starts."""
+        """s_k = 0.5·k, the global time at which segment k starts."""
         return SEGMENT_STRIDE * k
+
+    segment_start = start  # alias used by stages.py
+
+    def append(self, segment: Segment) -> Motion:
+        """Appends ``segment`` in place (validated) and returns self."""
+        self.segments.append(segment)
+        try:
+            self.validate()
+        except ValueError:
+            self.segments.pop()
+            raise
+        return self
 
     def extended(self, segment: Segment) -> Motion:
         """A new chain with ``segment`` appended (the fields are shared, not copied)."""
         return Motion([*self.segments, segment])
+
+    def to(self, device: torch.device | str) -> Motion:
+        """Moves every field to ``device`` (in place) and returns self."""
+        for f in self.fields:
+            f.to(device)
+        return self
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for f in self.fields for p in f.parameters()]
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -213,6 +248,7 @@ class Motion(nn.Module):
         segment k−1 at its local time 0.5.
         """
         _check_means(means0)
+        self.validate()
         canons = [means0]
         half = torch.tensor([SEGMENT_STRIDE], dtype=means0.dtype, device=means0.device)
         for k in range(len(self.segments) - 1):

@@ -123,3 +123,25 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     """Atomically write ``obj`` as JSON (sorted keys are *not* forced: dict order is kept)."""
     write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def write_numpy_npz(path: str | os.PathLike, compressed: bool = True, **arrays: Any) -> None:
+    """Atomically write a ``.npz`` archive (no ``.npz`` suffix is appended to ``path``)."""
+    import numpy as np
+
+    with atomic_write(path, "wb") as f:
+        (np.savez_compressed if compressed else np.savez)(f, **arrays)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Atomically ``torch.save(obj, path)`` (checkpoints survive an interrupted save)."""
+    import torch
+
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+
+
+# Names used across the package.
+atomic_write_text = write_text
+atomic_write_bytes = write_bytes
+atomic_write_json = write_json

@@ -20,7 +20,7 @@ from ayg.asset import Asset
 from ayg.config import RunConfig, validate
 from ayg.deformation import Motion
 from ayg.gaussians import GaussianCloud, load_ply
-from ayg.io_utils import atomic_write_text
+from ayg.io_utils import write_text as atomic_write_text
 from ayg.stages import LossLog, RunContext, StepCallback, new_segment, run_stage1, run_stage2
 from ayg.teachers import build_teachers, check_prompt
 

@@ -34,7 +34,7 @@ from ayg.config import RunConfig, Stage1Config, Stage2Config
 from ayg.deformation import DeformationConfig, DeformationField, Motion, Segment
 from ayg.distill import Conditioning, TeacherTerm, TRangeSchedule, distill_loss
 from ayg.gaussians import DensifyStrategy, GaussianCloud, GaussianLR, make_optimizer, update_learning_rate
-from ayg.io_utils import atomic_torch_save
+from ayg.io_utils import atomic_path
 from ayg.regularizers import jsd_regularizer, knn_indices, rigidity_loss
 from ayg.render import rasterize, render_gaussians
 
@@ -135,6 +135,11 @@ def _random_backgrounds(n: int, generator: torch.Generator, device) -> Tensor:
     return white.float()[:, None].expand(n, 3).to(device)
 
 
+def atomic_torch_save(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
 def _load_checkpoint(path: Path | None, phase: str) -> dict | None:
     if path is None or not path.exists():
         return None
@@ -151,17 +156,17 @@ def stage1_terms(cfg: Stage1Config) -> tuple[TeacherTerm, TeacherTerm]:
     """The two teacher terms of eq. 22: (multiview, image)."""
     mv = TeacherTerm(
         weight=cfg.omega_3d,
-        t_schedule=TRangeSchedule(cfg.t_multiview_start, cfg.t_multiview_end, 0, cfg.t_multiview_steps),
+        t_range=TRangeSchedule(cfg.t_multiview_start, cfg.t_multiview_end, 0, cfg.t_multiview_steps),
         mode=cfg.mode,
-        guidance_scale=cfg.sds_guidance,
+        cfg_scale=cfg.sds_guidance,
         negative_prompt=cfg.negative_prompt,
         negative_weight=cfg.omega_neg,
     )
     im = TeacherTerm(
         weight=cfg.omega_im,
-        t_schedule=TRangeSchedule(cfg.t_image_start, cfg.t_image_end, 0, cfg.t_image_steps),
+        t_range=TRangeSchedule(cfg.t_image_start, cfg.t_image_end, 0, cfg.t_image_steps),
         mode=cfg.mode,
-        guidance_scale=cfg.sds_guidance,
+        cfg_scale=cfg.sds_guidance,
         view_guidance=cfg.omega_vg,
     )
     return mv, im
@@ -307,18 +312,18 @@ def run_stage1(
 
 def stage2_terms(cfg: Stage2Config, grad_frames: int | None = None) -> tuple[TeacherTerm, TeacherTerm]:
     """The two teacher terms of eq. 24: (video, image)."""
-    schedule = TRangeSchedule(cfg.t_range, cfg.t_range, 0, 1)
+    schedule = TRangeSchedule.constant(*cfg.t_range)
     vid = TeacherTerm(
         weight=cfg.omega_vid,
-        t_schedule=schedule,
+        t_range=schedule,
         mode=cfg.mode,
-        guidance_scale=cfg.sds_guidance,
+        cfg_scale=cfg.sds_guidance,
         negative_prompt=cfg.negative_prompt,
         negative_weight=cfg.omega_neg,
         motion_amplification=cfg.omega_ma,
         grad_frames=grad_frames,
     )
-    im = TeacherTerm(weight=cfg.omega_im, t_schedule=schedule, mode=cfg.mode, guidance_scale=cfg.sds_guidance)
+    im = TeacherTerm(weight=cfg.omega_im, t_range=schedule, mode=cfg.mode, cfg_scale=cfg.sds_guidance)
     return vid, im
 
 

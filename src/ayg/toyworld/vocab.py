@@ -94,7 +94,9 @@ class ToyPrompt:
 
     def __post_init__(self) -> None:
         if self.colour not in COLOURS or self.shape not in SHAPES:
-            raise ValueError(f"unknown colour/shape ({self.colour!r}, {self.shape!r}); {vocabulary_line()}")
+            raise ValueError(
+                f"unknown colour/shape ({self.colour!r}, {self.shape!r}); {vocabulary_line()}"
+            )
         if self.motion is not None and self.motion not in MOTIONS:
             raise ValueError(f"unknown motion {self.motion!r}; {vocabulary_line()}")
 
@@ -115,7 +117,8 @@ class ToyPrompt:
     def tokens(self) -> Tensor:
         """LongTensor (3,): colour, shape, motion ids (static when motion is None)."""
         return torch.tensor(
-            [COLOURS.index(self.colour), SHAPES.index(self.shape), self.motion_class], dtype=torch.long
+            [COLOURS.index(self.colour), SHAPES.index(self.shape), self.motion_class],
+            dtype=torch.long,
         )
 
     def __str__(self) -> str:

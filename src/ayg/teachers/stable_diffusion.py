@@ -1,0 +1,348 @@
+"""The image teacher: Stable Diffusion 2.1 base on diffusers (AYG sec. 3.2, C.7-C.8).
+
+The paper's image DM is the spatial backbone of its video model, an SD 2.1 fine-tuned at
+320×512; the public stand-in is ``stabilityai/stable-diffusion-2-1-base``. Renderings are
+resized bilinearly to 320×512 (C.8), mapped to [-1, 1], encoded by the VAE with gradients
+flowing back to the pixels, and scaled by ``vae.config.scaling_factor``. ε-, v- and
+x0-parameterised UNets are all turned into ε̂ (v -> ε̂ = √ᾱ v + √(1-ᾱ) z_t).
+
+The pieces shared by every latent teacher built on the SD autoencoder and a CLIP text encoder
+(:class:`PromptCache`, :func:`encode_frames`, :func:`encode_sequences`, :func:`eps_from_prediction`,
+:func:`load_latent_components`) live here; the video teacher imports them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ayg.distill import Conditioning
+from ayg.teachers.hub import load_component
+
+DEFAULT_MODEL_ID = "stabilityai/stable-diffusion-2-1-base"
+RESOLUTION = (320, 512)  # (H, W) of C.8
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on CUDA, fp32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+class PromptCache:
+    """Text embeddings computed once per prompt ("" is the unconditional prompt)."""
+
+    def __init__(self, tokenizer: Any, text_encoder: nn.Module) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.cache: dict[str, Tensor] = {}  # prompt -> (L, D)
+        self.encoder_calls = 0  # how many batched text-encoder forwards ran (tests, logs)
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], device: torch.device) -> Tensor:
+        """(P, L, D) on ``device``, in the text encoder's dtype."""
+        if isinstance(prompts, str):
+            raise TypeError("embed takes a sequence of prompts, not one string")
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if missing:
+            enc_device = next(self.text_encoder.parameters()).device
+            ids = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(enc_device)  # (P', L)
+            hidden = self.text_encoder(ids)[0]  # (P', L, D) last hidden state
+            self.encoder_calls += 1
+            for p, h in zip(missing, hidden, strict=True):
+                self.cache[p] = h
+        return torch.stack([self.cache[p].to(device) for p in prompts])
+
+    def to(self, device: torch.device) -> None:
+        self.cache = {p: h.to(device) for p, h in self.cache.items()}
+
+
+def resize_bilinear(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """(N, 3, H, W) -> (N, 3, *size) bilinear (C.8); no-op at the right size."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
+def encode_frames(
+    vae: nn.Module,
+    images: Tensor,
+    size: tuple[int, int],
+    generator: torch.Generator | None = None,
+    sample: bool = True,
+) -> Tensor:
+    """images (N, 3, H, W) in [0, 1] -> scaled latents (N, c, h, w) float32, differentiable.
+
+    The posterior is sampled (mean + std·noise, noise from ``generator``) when ``sample``, else
+    its mean is used; latents are ``(z - shift_factor)·scaling_factor``.
+    """
+    param = next(vae.parameters())
+    x = resize_bilinear(images, size).to(device=param.device, dtype=param.dtype) * 2.0 - 1.0
+    dist = vae.encode(x).latent_dist
+    z = dist.mean
+    if sample:
+        noise = torch.randn(z.shape, generator=generator).to(device=z.device, dtype=z.dtype)
+        z = z + dist.std * noise
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        z = z - shift
+    return z.float() * vae.config.scaling_factor
+
+
+def encode_sequences(
+    encode: Callable[[Tensor], Tensor],
+    images: Tensor,
+    grad_frames: int | None = None,
+    generator: torch.Generator | None = None,
+    chunk: int | None = None,
+) -> Tensor:
+    """images (B, F, 3, H, W) -> latents (B, F, c, h, w) through ``encode`` ((N, 3, H, W) ->
+    (N, c, h, w)). With ``grad_frames = k < F`` only k random frames of each sequence are encoded
+    with gradient, the others under no_grad (their latents are constants). ``chunk`` bounds the
+    number of frames in one no_grad encoder call."""
+    if images.ndim != 5 or images.shape[2] != 3:
+        raise ValueError(f"images must have shape (B, F, 3, H, W), got {tuple(images.shape)}")
+    b, f = images.shape[:2]
+    flat = images.reshape(b * f, *images.shape[2:])  # (B·F, 3, H, W)
+    if grad_frames is None or grad_frames >= f or not torch.is_grad_enabled():
+        return encode(flat).unflatten(0, (b, f))
+    if grad_frames < 1:
+        raise ValueError(f"grad_frames must be >= 1, got {grad_frames}")
+    order = torch.stack([torch.randperm(f, generator=generator) for _ in range(b)])  # (B, F)
+    base = torch.arange(b)[:, None] * f
+    idx_grad = (base + order[:, :grad_frames]).reshape(-1).to(images.device)
+    idx_const = (base + order[:, grad_frames:]).reshape(-1).to(images.device)
+    with torch.no_grad():
+        const = torch.cat([encode(c) for c in flat[idx_const].split(chunk or len(idx_const))])
+    live = encode(flat[idx_grad])  # (B·k, c, h, w)
+    out = torch.zeros((b * f, *live.shape[1:]), device=live.device, dtype=live.dtype)
+    out = out.index_copy(0, idx_const.to(live.device), const.to(live.dtype))
+    out = out.index_copy(0, idx_grad.to(live.device), live)
+    return out.unflatten(0, (b, f))
+
+
+def eps_from_prediction(pred: Tensor, noisy: Tensor, alphas_t: Tensor, prediction_type: str) -> Tensor:
+    """The UNet output as ε̂. ``alphas_t`` is ᾱ_t broadcastable to ``noisy``.
+
+    z_t = √ᾱ x + √(1-ᾱ) ε;  v = √ᾱ ε - √(1-ᾱ) x  ->  ε = √ᾱ v + √(1-ᾱ) z_t.
+    """
+    if prediction_type == "epsilon":
+        return pred
+    if prediction_type == "v_prediction":
+        return alphas_t.sqrt() * pred + (1.0 - alphas_t).sqrt() * noisy
+    if prediction_type == "sample":
+        return (noisy - alphas_t.sqrt() * pred) / (1.0 - alphas_t).sqrt()
+    raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+
+
+def alphas_cumprod_from_scheduler(scheduler: Any) -> Tensor:
+    """(T,) float32 ᾱ_t of a diffusers scheduler (built from its betas)."""
+    return torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32).clone()
+
+
+def load_latent_components(
+    model_id: str,
+    unet_cls: Any,
+    *,
+    dtype: torch.dtype,
+    vae_dtype: torch.dtype,
+    local_files_only: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+    variant: str | None = None,
+) -> dict[str, Any]:
+    """unet, vae, text_encoder, tokenizer, alphas_cumprod, prediction_type of a diffusers
+    pipeline repository (SD, Zeroscope, ModelScope layouts), from the cache when offline."""
+    from diffusers import AutoencoderKL, DDPMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    common = dict(local_files_only=local_files_only, cache_dir=cache_dir, revision=revision)
+    weights = dict(common, variant=variant)
+    scheduler = load_component(DDPMScheduler.from_pretrained, model_id, "scheduler", **common)
+    tokenizer = load_component(CLIPTokenizer.from_pretrained, model_id, "tokenizer", **common)
+    text_encoder = load_component(
+        CLIPTextModel.from_pretrained, model_id, "text_encoder", **_dtype_kwarg(dtype), **weights
+    )
+    vae = load_component(AutoencoderKL.from_pretrained, model_id, "vae", torch_dtype=vae_dtype, **weights)
+    unet = load_component(unet_cls.from_pretrained, model_id, "unet", torch_dtype=dtype, **weights)
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        alphas_cumprod=alphas_cumprod_from_scheduler(scheduler),
+        prediction_type=scheduler.config.prediction_type,
+    )
+
+
+def freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """Eval mode, no parameter gradients, on ``device`` in ``dtype`` (cast only when needed:
+    diffusers warns on every dtype cast)."""
+    module.eval()
+    module.requires_grad_(False)
+    if any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
+        module.to(dtype=dtype)
+    return module.to(device)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """transformers >= 4.56 calls it ``dtype``, older versions ``torch_dtype``."""
+    import transformers
+    from packaging.version import Version
+
+    name = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {name: dtype}
+
+
+# ----------------------------------------------------------------------------------------------
+# The teacher
+
+
+class StableDiffusionTeacher:
+    """Image teacher (F = 1) implementing ``ayg.distill.Teacher`` on a diffusers
+    ``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder."""
+
+    kind = "image"
+    frames = 1
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        text_encoder: nn.Module,
+        tokenizer: Any,
+        alphas_cumprod: Tensor,
+        prediction_type: str = "epsilon",
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        vae_dtype: torch.dtype | None = None,
+        resolution: tuple[int, int] = RESOLUTION,
+        sample_latents: bool = True,
+        encode_chunk: int | None = 16,
+    ) -> None:
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+        if alphas_cumprod.ndim != 1:
+            raise ValueError(f"alphas_cumprod must have shape (T,), got {tuple(alphas_cumprod.shape)}")
+        self.device = torch.device(device)
+        self.dtype = dtype or default_dtype(self.device)
+        self.vae_dtype = vae_dtype or self.dtype
+        self.unet = freeze(unet, self.device, self.dtype)
+        self.vae = freeze(vae, self.device, self.vae_dtype)
+        self.text_encoder = freeze(text_encoder, self.device, self.dtype)
+        self.tokenizer = tokenizer
+        self.prompts = PromptCache(tokenizer, self.text_encoder)
+        self._alphas = alphas_cumprod.detach().float().to(self.device)
+        self.prediction_type = prediction_type
+        self.resolution = tuple(resolution)
+        self.sample_latents = sample_latents
+        self.encode_chunk = encode_chunk
+        self.active = True
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_components(cls, unet, vae, text_encoder, tokenizer, alphas_cumprod, **kwargs) -> StableDiffusionTeacher:
+        """From already built modules (tests, custom checkpoints)."""
+        return cls(unet, vae, text_encoder, tokenizer, torch.as_tensor(alphas_cumprod), **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id: str = DEFAULT_MODEL_ID,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        local_files_only: bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        revision: str | None = None,
+        variant: str | None = None,
+        vae_dtype: torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> StableDiffusionTeacher:
+        """Load from the Hugging Face cache (or a local directory); raises
+        ``TeacherNotAvailable`` when offline and the model is missing."""
+        from diffusers import UNet2DConditionModel
+
+        dtype = dtype or default_dtype(device)
+        parts = load_latent_components(
+            model_id,
+            UNet2DConditionModel,
+            dtype=dtype,
+            vae_dtype=vae_dtype or dtype,
+            local_files_only=local_files_only,
+            cache_dir=cache_dir,
+            revision=revision,
+            variant=variant,
+        )
+        return cls(device=device, dtype=dtype, vae_dtype=vae_dtype, **parts, **kwargs)
+
+    # -- protocol -------------------------------------------------------------------------------
+
+    def alphas_cumprod(self) -> Tensor:
+        return self._alphas
+
+    def embed(self, prompts: Sequence[str]) -> Tensor:
+        """(P, L, D) CLIP embeddings, cached per prompt."""
+        self._ensure_active()
+        return self.prompts(prompts, self.device)
+
+    def encode(
+        self, images: Tensor, grad_frames: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """images (B, F, 3, H, W) in [0, 1] -> latents (B, F, 4, H'/8, W'/8) at (H', W') =
+        ``resolution``; frames are independent images."""
+        self._ensure_active()
+        images = images.to(self.device)
+
+        def encode(x: Tensor) -> Tensor:
+            return encode_frames(self.vae, x, self.resolution, generator, self.sample_latents)
+
+        return encode_sequences(encode, images, grad_frames, generator, self.encode_chunk)
+
+    def predict_noise(
+        self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
+    ) -> Tensor:
+        """noisy (B', F, c, h, w), t (B',), emb (B', L, D) -> ε̂ (B', F, c, h, w) float32; the F
+        frames are independent images sharing t and the prompt."""
+        self._ensure_active()
+        if noisy.ndim != 5:
+            raise ValueError(f"noisy must have shape (B, F, c, h, w), got {tuple(noisy.shape)}")
+        b, f = noisy.shape[:2]
+        if t.shape != (b,) or emb.shape[0] != b:
+            raise ValueError(f"t must be ({b},) and emb ({b}, L, D), got {tuple(t.shape)} and {tuple(emb.shape)}")
+        x = noisy.reshape(b * f, *noisy.shape[2:]).to(self.device)  # (B'·F, c, h, w)
+        tt = t.to(self.device).repeat_interleave(f)
+        ee = emb.to(device=self.device, dtype=self.dtype).repeat_interleave(f, dim=0)
+        pred = self.unet(x.to(self.dtype), tt, encoder_hidden_states=ee).sample.float()
+        a_t = self._alphas[tt].view(-1, 1, 1, 1)
+        eps = eps_from_prediction(pred, x.float(), a_t, self.prediction_type)
+        return eps.reshape(b, f, *eps.shape[1:])
+
+    def offload(self) -> None:
+        """Weights to the CPU while another teacher runs (the prompt cache stays)."""
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.to("cpu")
+        self.active = False
+
+    def activate(self) -> None:
+        for m in (self.unet, self.vae, self.text_encoder):
+            m.to(self.device)
+        self.active = True
+
+    def _ensure_active(self) -> None:
+        if not self.active:
+            self.activate()

@@ -1,0 +1,187 @@
+"""End to end on the CPU with tiny random teachers (preset ``tiny``): generate → extend (new
+prompt) → loop → compose → render → export, resume after an interruption, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from ayg.asset import Asset
+from ayg.config import apply_overrides, preset
+from ayg.gaussians import load_ply
+from ayg.pipeline import extend, generate
+
+
+def tiny(*overrides: str):
+    return apply_overrides(preset("tiny"), ["device=\"cpu\"", *overrides])
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """One generate → extend → loop chain shared by the checks below."""
+    root = tmp_path_factory.mktemp("chain")
+    a = generate("a blue cone nodding", root / "gen", tiny(), progress=False)
+    b = extend(root / "gen" / "asset.ayg", "a blue cone spinning", root / "ext", tiny(), progress=False)
+    c = extend(root / "ext" / "asset.ayg", None, root / "loop", tiny(), loop=True, progress=False)
+    return root, a, b, c
+
+
+def test_generate_outputs(chain):
+    root, asset, _, _ = chain
+    out = root / "gen"
+    for name in ("asset.ayg", "config.json", "preview.mp4", "losses.jsonl", "stage1.ayg"):
+        assert (out / name).exists(), name
+    assert not (out / "checkpoint.pt").exists()  # removed once the run finished
+    # readable with plain safetensors: tensors and a JSON header
+    tensors = load_file(str(out / "asset.ayg"))
+    assert any("means" in k for k in tensors)
+    with safe_open(str(out / "asset.ayg"), "pt") as f:
+        header = json.loads(f.metadata()["ayg"])
+    assert header["prompts"] == ["a blue cone nodding"]
+    assert header["config"]["preset"] == "tiny"
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["config"]["stage1"]["steps"] == 6 and cfg["job"]["prompt"] == "a blue cone nodding"
+    phases = {json.loads(line)["phase"] for line in (out / "losses.jsonl").read_text().splitlines()}
+    assert {"stage1", "stage2"} <= phases
+    loaded = Asset.load(out / "asset.ayg")
+    g = torch.linspace(0, loaded.duration, 5)
+    torch.testing.assert_close(loaded.positions(g), asset.positions(g))
+
+
+def test_extension_is_continuous_and_loop_returns(chain):
+    _, a, b, c = chain
+    assert b.duration == pytest.approx(a.duration + 0.5)
+    assert c.duration == pytest.approx(b.duration + 0.5)
+    # the extended asset keeps the first segment's motion up to the joint
+    g = torch.linspace(0, 0.5, 6)
+    torch.testing.assert_close(b.positions(g), a.positions(g))
+    # positions are continuous across the joints (small steps move little)
+    for s in (0.5, 1.0, 1.5):
+        eps = 1e-3
+        p0, p1 = c.positions(torch.tensor([s - eps, s + eps]))
+        assert (p1 - p0).norm(dim=-1).max() < 0.05
+    # the looped end is the first pose
+    start, end = c.positions(torch.tensor([0.0, c.duration]))
+    torch.testing.assert_close(end, start, atol=1e-5, rtol=0)
+    assert c.objects[0].motion.segments[-1].kind == "loop"
+
+
+def test_compose_render_export(chain, tmp_path):
+    root, _, _, _ = chain
+    spec = {
+        "objects": [
+            {"asset": str(root / "gen" / "asset.ayg"), "translation": [-0.6, 0, 0]},
+            {"asset": str(root / "loop" / "asset.ayg"), "translation": [0.6, 0, 0], "scale": 0.5,
+             "rotation": [0, 0, 90], "time_offset": 0.25},
+        ]
+    }
+    spec_path = tmp_path / "scene.json"
+    spec_path.write_text(json.dumps(spec))
+    from ayg.cli import main
+
+    scene = tmp_path / "scene.ayg"
+    assert main(["compose", str(spec_path), "--out", str(scene)]) == 0
+    composed = Asset.load(scene)
+    assert len(composed.objects) == 2
+    png = tmp_path / "scene.png"
+    assert main(["render", str(scene), "--out", str(png), "--width", "48", "--height", "32", "--time", "0.3"]) == 0
+    assert png.stat().st_size > 0
+    frames = tmp_path / "frames"
+    assert main(["export", str(scene), "--format", "ply-frames", "--out", str(frames), "--frames", "3"]) == 0
+    plys = sorted(frames.glob("*.ply"))
+    assert len(plys) == 3
+    times = np.linspace(0, composed.duration, 3)
+    for p, t in zip(plys, times):
+        cloud = load_ply(p)
+        torch.testing.assert_close(cloud.means.detach(), composed.positions(torch.tensor([float(t)]))[0], atol=1e-5, rtol=0)
+    tracks = tmp_path / "tracks.npz"
+    assert main(["export", str(scene), "--format", "tracks", "--out", str(tracks), "--frames", "4",
+                 "--views", "2", "--width", "40", "--height", "40"]) == 0
+    data = np.load(tracks)
+    assert data["positions"].shape == (4, composed.num_gaussians, 3)
+    assert data["uv"].shape == (2, 4, composed.num_gaussians, 2)
+    # tracks equal the positions the renderer used
+    from ayg.cameras import orbit_cameras
+
+    cams = orbit_cameras(2, width=40, height=40)
+    for ti, t in enumerate(data["times"]):
+        out = composed.render(cams, torch.full((2,), float(t)))
+        np.testing.assert_allclose(data["uv"][:, ti], out.means2d.detach().numpy(), atol=1e-3)
+    video = tmp_path / "scene.mp4"
+    assert main(["export", str(scene), "--format", "video", "--out", str(video), "--frames", "4",
+                 "--width", "32", "--height", "32"]) == 0
+    assert video.stat().st_size > 0
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_phase,stop_step", [("stage1", 4), ("stage2", 2)])
+def test_resume_equals_uninterrupted(tmp_path, stop_phase, stop_step):
+    ref = generate("a red cube swaying", tmp_path / "ref", tiny(), progress=False)
+
+    def boom(phase, step):
+        if phase == stop_phase and step == stop_step:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        generate("a red cube swaying", tmp_path / "run", tiny(), progress=False, callback=boom)
+    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "asset.ayg").exists()
+    with pytest.raises(ValueError, match="--resume"):
+        generate("a red cube swaying", tmp_path / "run", tiny(), progress=False)
+    resumed = generate("a red cube swaying", tmp_path / "run", tiny(), resume=True, progress=False)
+    a = load_file(str(tmp_path / "ref" / "asset.ayg"))
+    b = load_file(str(tmp_path / "run" / "asset.ayg"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    g = torch.linspace(0, ref.duration, 4)
+    torch.testing.assert_close(resumed.positions(g), ref.positions(g), rtol=0, atol=0)
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ayg.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["generate", "", "--preset", "tiny", "--out", "{tmp}/a"], "prompt is empty"),
+        (["generate", "a red ball", "--preset", "huge", "--out", "{tmp}/b"], "unknown preset"),
+        (["generate", "a red ball", "--preset", "tiny", "--steps-3d", "0", "--out", "{tmp}/c"], "steps"),
+        (["generate", "a red ball", "--preset", "tiny", "--steps-4d", "-3", "--out", "{tmp}/d"], "steps"),
+        (["generate", "a red ball", "--preset", "tiny", "--out", "{tmp}/file.txt"], "is a file"),
+        (["generate", "a purple pyramid", "--preset", "tiny", "--out", "{tmp}/e"], "vocabulary"),
+        (["render", "{tmp}/missing.ayg", "--out", "{tmp}/x.png"], "missing.ayg"),
+        (["render", "{tmp}/file.txt", "--out", "{tmp}/x.png"], "file.txt"),
+        (["extend", "{tmp}/file.txt", "a red ball", "--preset", "tiny", "--out", "{tmp}/f"], "file.txt"),
+        (["compose", "{tmp}/spec.json", "--out", "{tmp}/s.ayg"], "nope.ayg"),
+    ],
+)
+def test_bad_input_one_line(tmp_path, args, needle):
+    (tmp_path / "file.txt").write_text("not an asset")
+    (tmp_path / "spec.json").write_text(json.dumps({"objects": [{"asset": "nope.ayg"}]}))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    res = run_cli(*argv)
+    assert res.returncode != 0
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("ayg: error:") and needle in lines[0], lines[0]
+    assert "Traceback" not in res.stderr
+    # nothing half-written
+    for name in ("a", "b", "c", "d", "e", "f"):
+        d = tmp_path / name
+        assert not (d / "asset.ayg").exists()
+    assert not (tmp_path / "s.ayg").exists()

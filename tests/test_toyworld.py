@@ -1,0 +1,227 @@
+"""Toy world: vocabulary, analytic renderer (checked against closed forms), datasets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ayg.cameras import look_at_cameras
+from ayg.toyworld import data as D
+from ayg.toyworld import scene
+from ayg.toyworld.vocab import (
+    COLOUR_NULL,
+    COLOUR_RGB,
+    HELD_OUT,
+    MOTION_NULL,
+    MOTION_STATIC,
+    SHAPE_NULL,
+    VIDEO_NEGATIVE_PROMPT,
+    ToyPrompt,
+    detokenize,
+    parse_prompt,
+    tokenize,
+    tokenize_batch,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary
+
+
+def test_parse_prompt_ignores_case_punctuation_and_unknown_words():
+    assert parse_prompt("a red ball") == ToyPrompt("red", "ball", None)
+    assert parse_prompt("A RED Ball, spinning!") == ToyPrompt("red", "ball", "spinning")
+    assert parse_prompt("a shiny blue cone that is nodding, front view") == ToyPrompt(
+        "blue", "cone", "nodding"
+    )
+    assert parse_prompt("yellow-ring sways") == ToyPrompt("yellow", "ring", "swaying")
+    assert parse_prompt("a green cube, static") == ToyPrompt("green", "cube", None)
+    assert parse_prompt(ToyPrompt("red", "cone")).text == "a red cone"
+
+
+@pytest.mark.parametrize("text", ["a purple ball", "a red pyramid", "", "spinning"])
+def test_parse_prompt_error_is_one_line_listing_the_vocabulary(text):
+    with pytest.raises(ValueError) as err:
+        parse_prompt(text)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for word in ("red", "green", "blue", "yellow", "ball", "cube", "cone", "ring", "spinning", "nodding"):
+        assert word in msg
+
+
+def test_tokenize_null_static_and_view_words():
+    assert tokenize("").tolist() == [COLOUR_NULL, SHAPE_NULL, MOTION_NULL]
+    assert tokenize(VIDEO_NEGATIVE_PROMPT).tolist() == [COLOUR_NULL, SHAPE_NULL, MOTION_STATIC]
+    assert tokenize("not moving").tolist()[2] == MOTION_STATIC
+    assert tokenize("a red ball").tolist() == [0, 0, MOTION_NULL]
+    assert tokenize("a blue cone nodding").tolist() == [2, 2, 3]
+    for view in ("front view", "side view", "back view", "overhead view"):
+        assert torch.equal(tokenize(f"a blue cone nodding, {view}"), tokenize("a blue cone nodding"))
+    assert tokenize(ToyPrompt("green", "ring")).tolist() == [1, 3, MOTION_STATIC]
+    assert tokenize_batch(["", "a red cube"]).shape == (2, 3)
+    assert tokenize("a red ball").dtype == torch.long
+    assert detokenize(tokenize("a yellow ring swaying")) == "a yellow ring swaying"
+
+
+# ---------------------------------------------------------------------------------------------
+# Renderer
+
+
+def _centroid(mask: torch.Tensor) -> torch.Tensor:
+    """(H, W) weights -> (row, col) centroid."""
+    H, W = mask.shape
+    rows = torch.arange(H, dtype=torch.float32)[:, None] + 0.5
+    cols = torch.arange(W, dtype=torch.float32)[None, :] + 0.5
+    m = mask.sum()
+    return torch.stack([(mask * rows).sum() / m, (mask * cols).sum() / m])
+
+
+@pytest.mark.parametrize("azimuth", [0.0, 73.0, 200.0])
+def test_ball_is_a_centred_disc_of_analytic_radius(azimuth):
+    d, fov, res = 2.5, 40.0, 64
+    cams = look_at_cameras(20.0, azimuth, d, fov, res, res)
+    out = scene.render("a red ball", cams, supersample=2)
+    alpha = out.alpha[0, 0]
+    f = res / (2 * math.tan(math.radians(fov) / 2))
+    r = scene.BALL_RADIUS
+    radius_px = f * r / math.sqrt(d * d - r * r)
+    area = alpha.sum().item()
+    assert area == pytest.approx(math.pi * radius_px**2, rel=0.03)
+    assert torch.allclose(_centroid(alpha), torch.tensor([res / 2, res / 2]), atol=0.1)
+
+
+def test_colours_background_and_two_tones():
+    cams = look_at_cameras(0.0, 0.0, 2.5, 40.0, 32, 32)
+    for colour, rgb in COLOUR_RGB.items():
+        for bg in ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)):
+            out = scene.render(f"a {colour} ball", cams, background=torch.tensor(bg))
+            img = out.rgb[0]
+            assert torch.allclose(img[:, 0, 0], torch.tensor(bg))  # corner = background
+            # From the front the image right is +y: the x·y > 0 quarter, the prompt's colour.
+            px = img[:, 16, 19]  # just right of centre, facing the camera
+            main = torch.tensor(rgb)
+            shade = (px / main).max()
+            assert torch.allclose(px, main * shade, atol=0.02)  # a multiple of the colour
+            tint = img[:, 16, 12]  # left: the pale tint, more white in it
+            assert tint.min() > px.min() + 0.1
+    assert out.alpha.min() == 0 and out.alpha.max() == 1
+
+
+def test_spinning_changes_the_image_and_a_full_turn_returns():
+    cams = look_at_cameras(15.0, [0.0, 120.0, 250.0], 2.5, 40.0, 32, 32)
+    for shape in ("ball", "cube", "ring"):
+        prompt = f"a green {shape} spinning"
+        rest = scene.render(prompt, cams, 0.0).rgb
+        turned = scene.render(prompt, cams, 0.2).rgb
+        full = scene.render(prompt, cams, 1.0 / scene.SPIN_TURNS).rgb
+        # every azimuth sees the rotation
+        assert ((turned - rest).abs().amax(dim=(1, 2, 3)) > 0.3).all()
+        assert (full - rest).abs().gt(0.05).float().mean() < 0.01  # up to a few edge pixels
+
+
+def test_swaying_moves_the_top_sideways_nodding_does_not():
+    res = 64
+    cams = look_at_cameras(0.0, 0.0, 2.5, 40.0, res, res)  # the front: image right = +y
+    tau = 0.25  # bend at its maximum
+    shifts = {}
+    for motion in ("swaying", "nodding"):
+        a0 = scene.render(f"a blue cone {motion}", cams, 0.0).alpha[0, 0]
+        a1 = scene.render(f"a blue cone {motion}", cams, tau).alpha[0, 0]
+        top = slice(0, res // 2)
+        shifts[motion] = (_centroid(a1[top]) - _centroid(a0[top]))[1].item()
+    f = res / (2 * math.tan(math.radians(20.0)))
+    assert shifts["swaying"] > 0.1 * f / 2.5  # towards +y = image right, several pixels
+    assert abs(shifts["nodding"]) < 0.3
+
+
+def test_deform_and_undeform_are_inverse():
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(5, 100, 3, generator=g) - 0.5
+    tau = torch.rand(5, generator=g)
+    for motion in (None, "spinning", "swaying", "nodding"):
+        back = scene.undeform(scene.deform(pts, motion, tau), motion, tau)
+        torch.testing.assert_close(back, pts)
+    assert torch.equal(scene.deform(pts, "swaying", 0.0), pts)  # τ = 0 is the rest pose
+
+
+def test_render_per_camera_prompts_and_errors():
+    cams = look_at_cameras(15.0, [0.0, 90.0], 2.5, 40.0, 24, 16)  # W 24, H 16
+    out = scene.render(["a red ball", "a blue ring swaying"], cams, torch.tensor([0.0, 0.3]))
+    assert out.rgb.shape == (2, 3, 16, 24) and out.alpha.shape == (2, 1, 16, 24)
+    assert 0.0 <= out.rgb.min() and out.rgb.max() <= 1.0
+    with pytest.raises(ValueError, match="prompts for 2 cameras"):
+        scene.render(["a red ball"] * 3, cams)
+    with pytest.raises(ValueError, match="tau"):
+        scene.render("a red ball", cams, torch.zeros(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_image_and_multiview_batches():
+    b = D.sample_image_batch(3, 16, _gen())
+    assert b.images.shape == (3, 1, 3, 16, 16) and b.tokens.shape == (3, 3)
+    assert set(b.tokens[:, 2].tolist()) <= {MOTION_STATIC, MOTION_NULL}
+    assert len(b.views) == 3 and len(b.texts()) == 3
+    assert all(p.motion is None for p in b.prompts)
+    assert ((b.cameras.elevation >= 10) & (b.cameras.elevation <= 45)).all()
+    m = D.sample_multiview_batch(2, (12, 16), _gen())
+    assert m.images.shape == (2, 4, 3, 12, 16) and len(m.cameras) == 8
+    az = m.cameras.azimuth.reshape(2, 4)
+    gaps = (az[:, 1:] - az[:, :1]) % 360.0
+    torch.testing.assert_close(gaps, torch.tensor([[90.0, 180.0, 270.0]] * 2))
+    bg = m.images[:, :, :, 0, 0]  # corners show the shared black / white background
+    assert torch.allclose(bg, m.background[:, None].expand_as(bg))
+
+
+def test_video_batch_shapes_fps_and_determinism():
+    a = D.sample_video_batch(3, (12, 16), _gen(5))
+    b = D.sample_video_batch(3, (12, 16), _gen(5))
+    assert a.images.shape == (3, 16, 3, 12, 16) and a.fps.shape == (3,)
+    assert torch.equal(a.images, b.images) and torch.equal(a.tokens, b.tokens)
+    assert set(a.fps.tolist()) <= {4.0, 8.0, 12.0}
+    span = a.tau[:, -1] - a.tau[:, 0]
+    torch.testing.assert_close(span, 3.0 / a.fps)
+    c = D.sample_video_batch(3, (12, 16), _gen(6))
+    assert not torch.equal(a.images, c.images)
+
+
+def test_held_out_pairs_never_move_in_the_video_set():
+    # Only the prompts matter here: sample many at a tiny resolution.
+    b = D.sample_video_batch(96, (2, 2), _gen(1), static_prob=0.25)
+    moving = [(p.colour, p.shape) for p in b.prompts if p.motion is not None]
+    assert moving and not set(moving) & HELD_OUT
+    static = [(p.colour, p.shape) for p in b.prompts if p.motion is None]
+    assert static and all(t == MOTION_STATIC for t in b.tokens[[p.motion is None for p in b.prompts], 2])
+    b2 = D.sample_video_batch(96, (2, 2), _gen(1), exclude_held_out=False, static_prob=0.0)
+    assert {(p.colour, p.shape) for p in b2.prompts} & HELD_OUT
+
+
+def test_classifier_batches():
+    a = D.sample_appearance_batch(4, 16, _gen(2))
+    assert a.images.shape == (4, 1, 3, 16, 16)
+    assert torch.equal(a.colour_labels, a.tokens[:, 0]) and torch.equal(a.shape_labels, a.tokens[:, 1])
+    m = D.sample_motion_batch(48, (2, 2), _gen(3))
+    assert m.images.shape == (48, 16, 3, 2, 2) and m.fps.shape == (48,)
+    assert set(m.motion_labels.tolist()) == {0, 1, 2, 3}
+    moving = {(p.colour, p.shape) for p in m.prompts if p.motion is not None}
+    assert moving & HELD_OUT  # all pairs allowed for the classifier
+
+
+def test_drop_tokens():
+    tokens = torch.tensor([[0, 1, 2]] * 200)
+    assert torch.equal(D.drop_tokens(tokens, 0.0, _gen()), tokens)
+    assert (D.drop_tokens(tokens, 1.0, _gen()) == torch.tensor([COLOUR_NULL, SHAPE_NULL, MOTION_NULL])).all()
+    whole = D.drop_tokens(tokens, 0.5, _gen())
+    dropped = (whole == COLOUR_NULL).all(dim=1)
+    assert 0.3 < dropped.float().mean() < 0.7
+    assert ((whole == tokens).all(dim=1) | dropped).all()  # all or nothing per row
+    per_slot = D.drop_tokens(tokens, 0.5, _gen(), per_slot=True)
+    partial = ~(per_slot == tokens).all(dim=1) & ~(per_slot == COLOUR_NULL).all(dim=1)
+    assert partial.any()
