@@ -65,7 +65,9 @@ class ScriptedTeacher:
         return torch.tensor([float(self.names.index(p)) for p in prompts]).view(-1, 1, 1)
 
     def predict_noise(self, noisy, t, emb, cond=None):
-        self.calls.append({"noisy": noisy.clone(), "t": t.clone(), "emb": emb.clone(), "cond": cond})
+        self.calls.append(
+            {"noisy": noisy.clone(), "t": t.clone(), "emb": emb.clone(), "cond": cond}
+        )
         f = noisy.shape[1]
         return torch.stack([eps_for(self.names[int(e.item())], f) for e in emb[:, 0, 0]])
 
@@ -76,12 +78,27 @@ class ScriptedTeacher:
         pass
 
 
-def run(term: TeacherTerm, batch: int = 2, frames: int = 3, kind: str = "video", views=None, cond=None, seed=0):
+def run(
+    term: TeacherTerm,
+    batch: int = 2,
+    frames: int = 3,
+    kind: str = "video",
+    views=None,
+    cond=None,
+    seed=0,
+):
     teacher = ScriptedTeacher(kind, 1 if kind == "image" else frames)
     images = torch.rand(batch, frames, 3, H, W, generator=torch.Generator().manual_seed(seed + 1))
     images.requires_grad_(True)
     loss, stats = distill_loss(
-        teacher, term, images, "a cat", step=0, generator=torch.Generator().manual_seed(seed), cond=cond, views=views
+        teacher,
+        term,
+        images,
+        "a cat",
+        step=0,
+        generator=torch.Generator().manual_seed(seed),
+        cond=cond,
+        views=views,
     )
     loss.backward()
     # dL/dz where z = 2x: images.grad / 2, times B to undo the 1/B of the surrogate
@@ -227,7 +244,9 @@ def test_sds_weighting_uses_one_minus_alpha_bar():
     teacher, grad, _, stats = run(term)
     w = 1.0 - teacher.alphas_cumprod()[500]
     assert torch.all(teacher.calls[0]["t"] == 500)
-    assert torch.allclose(grad, w * (eps_for("a cat", 3) - eps_for("", 3)).expand_as(grad), atol=1e-6)
+    assert torch.allclose(
+        grad, w * (eps_for("a cat", 3) - eps_for("", 3)).expand_as(grad), atol=1e-6
+    )
     assert stats["w_mean"] == pytest.approx(float(w))
 
 
@@ -258,7 +277,10 @@ def test_all_branches_in_one_forward_call():
     call = teacher.calls[0]
     assert call["noisy"].shape == (8, 3, 3, H, W)  # 4 branches × B = 2
     prompts = [teacher.names[int(e)] for e in call["emb"][:, 0, 0]]
-    assert prompts == ["a cat"] * 2 + [""] * 2 + ["ugly"] * 2 + ["a cat, side view", "a cat, overhead view"]
+    assert prompts == ["a cat"] * 2 + [""] * 2 + ["ugly"] * 2 + [
+        "a cat, side view",
+        "a cat, overhead view",
+    ]
     assert torch.equal(call["t"][:2], call["t"][2:4])  # branches share t and z_t
     assert torch.equal(call["noisy"][:2], call["noisy"][6:])
     assert torch.equal(call["cond"].fps, torch.tensor([4.0, 8.0] * 4))

@@ -24,6 +24,15 @@ L = 16  # tokens
 RES = (16, 16)  # teacher resolution; the tiny VAE downsamples by 2 -> 8×8 latents
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are dominated by per-op overhead; extra threads only contend on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tok")
@@ -97,7 +106,12 @@ def scheduler() -> DDPMScheduler:
 def sd(tokenizer):
     torch.manual_seed(0)
     return StableDiffusionTeacher.from_components(
-        tiny_unet2d(), tiny_vae(), tiny_text_encoder(), tokenizer, scheduler().alphas_cumprod, resolution=RES
+        tiny_unet2d(),
+        tiny_vae(),
+        tiny_text_encoder(),
+        tokenizer,
+        scheduler().alphas_cumprod,
+        resolution=RES,
     )
 
 
@@ -105,7 +119,13 @@ def sd(tokenizer):
 def video(tokenizer):
     torch.manual_seed(0)
     return VideoTeacher.from_components(
-        tiny_unet3d(), tiny_vae(), tiny_text_encoder(), tokenizer, scheduler().alphas_cumprod, resolution=RES, frames=4
+        tiny_unet3d(),
+        tiny_vae(),
+        tiny_text_encoder(),
+        tokenizer,
+        scheduler().alphas_cumprod,
+        resolution=RES,
+        frames=4,
     )
 
 
@@ -139,10 +159,18 @@ def test_sd_encode_is_bilinear_resize_then_scaled_vae_mean(tokenizer):
     torch.manual_seed(0)
     vae = tiny_vae()
     teacher = StableDiffusionTeacher.from_components(
-        tiny_unet2d(), vae, tiny_text_encoder(), tokenizer, scheduler().alphas_cumprod, resolution=RES, sample_latents=False
+        tiny_unet2d(),
+        vae,
+        tiny_text_encoder(),
+        tokenizer,
+        scheduler().alphas_cumprod,
+        resolution=RES,
+        sample_latents=False,
     )
     images = torch.rand(1, 1, 3, 10, 14)
-    x = torch.nn.functional.interpolate(images[:, 0], size=RES, mode="bilinear", align_corners=False)
+    x = torch.nn.functional.interpolate(
+        images[:, 0], size=RES, mode="bilinear", align_corners=False
+    )
     with torch.no_grad():
         expected = vae.encode(2 * x - 1).latent_dist.mean * vae.config.scaling_factor
         got = teacher.encode(images)[:, 0]
@@ -163,7 +191,13 @@ def test_v_prediction_is_converted_to_eps():
 
 def test_sd_v_prediction_teacher(sd):
     v_teacher = StableDiffusionTeacher.from_components(
-        sd.unet, sd.vae, sd.text_encoder, sd.tokenizer, sd.alphas_cumprod(), prediction_type="v_prediction", resolution=RES
+        sd.unet,
+        sd.vae,
+        sd.text_encoder,
+        sd.tokenizer,
+        sd.alphas_cumprod(),
+        prediction_type="v_prediction",
+        resolution=RES,
     )
     noisy, t, emb = torch.randn(1, 1, 4, 8, 8), torch.tensor([700]), sd.embed(["a cat"])
     with torch.no_grad():
@@ -177,7 +211,9 @@ def test_sd_gradient_reaches_images(sd):
     images = torch.rand(1, 4, 3, 12, 12, requires_grad=True)
     term = TeacherTerm(weight=0.4, view_guidance=3.0)
     views = ["front view", "side view", "back view", "overhead view"]
-    loss, stats = distill_loss(sd, term, images, "a cat", 0, torch.Generator().manual_seed(0), views=views)
+    loss, stats = distill_loss(
+        sd, term, images, "a cat", 0, torch.Generator().manual_seed(0), views=views
+    )
     loss.backward()
     assert torch.isfinite(images.grad).all()
     assert (images.grad.flatten(2).abs().sum(-1) > 0).all()  # every view gets gradient
@@ -273,8 +309,12 @@ def test_video_grad_frames(video):
 def test_video_distill_with_negative_and_motion_amplification(video):
     clips = torch.rand(2, 4, 3, 16, 16, requires_grad=True)
     calls = count_calls(video.unet)
-    term = TeacherTerm(negative_prompt="low motion, static statue", negative_weight=0.8, motion_amplification=24.0)
-    loss, stats = distill_loss(video, term, clips, "a cat walking", 0, torch.Generator().manual_seed(0))
+    term = TeacherTerm(
+        negative_prompt="low motion, static statue", negative_weight=0.8, motion_amplification=24.0
+    )
+    loss, stats = distill_loss(
+        video, term, clips, "a cat walking", 0, torch.Generator().manual_seed(0)
+    )
     loss.backward()
     assert calls[0] == 1
     assert torch.isfinite(clips.grad).all() and clips.grad.abs().sum() > 0
@@ -298,11 +338,21 @@ def test_video_passes_fps_when_the_unet_takes_it(tokenizer):
     unet = FpsUNet(tiny_unet3d())
     assert takes_fps(unet)
     teacher = VideoTeacher.from_components(
-        unet, tiny_vae(), tiny_text_encoder(), tokenizer, scheduler().alphas_cumprod, resolution=RES, frames=4
+        unet,
+        tiny_vae(),
+        tiny_text_encoder(),
+        tokenizer,
+        scheduler().alphas_cumprod,
+        resolution=RES,
+        frames=4,
     )
     clips = torch.rand(2, 4, 3, 16, 16)
-    distill_loss(teacher, TeacherTerm(), clips, "a cat", 0, cond=Conditioning(fps=torch.tensor([4.0, 12.0])))
-    assert torch.equal(unet.seen_fps, torch.tensor([4.0, 12.0, 4.0, 12.0]))  # cond and uncond branches
+    distill_loss(
+        teacher, TeacherTerm(), clips, "a cat", 0, cond=Conditioning(fps=torch.tensor([4.0, 12.0]))
+    )
+    assert torch.equal(
+        unet.seen_fps, torch.tensor([4.0, 12.0, 4.0, 12.0])
+    )  # cond and uncond branches
     with pytest.raises(ValueError, match="fps"):
         teacher.predict_noise(torch.randn(1, 4, 4, 8, 8), torch.tensor([1]), teacher.embed(["x"]))
 
@@ -349,7 +399,9 @@ def test_from_pretrained_reads_a_local_diffusers_layout(tmp_path, tokenizer, emp
     text_encoder.save_pretrained(root / "text_encoder")
     tokenizer.save_pretrained(root / "tokenizer")
     scheduler().save_config(root / "scheduler")
-    teacher = StableDiffusionTeacher.from_pretrained(str(root), local_files_only=True, resolution=RES)
+    teacher = StableDiffusionTeacher.from_pretrained(
+        str(root), local_files_only=True, resolution=RES
+    )
     assert teacher.prediction_type == "epsilon"
     torch.testing.assert_close(teacher.alphas_cumprod(), scheduler().alphas_cumprod)
     noisy, t = torch.randn(1, 1, 4, 8, 8), torch.tensor([400])

@@ -46,7 +46,18 @@ def test_parse_prompt_error_is_one_line_listing_the_vocabulary(text):
         parse_prompt(text)
     msg = str(err.value)
     assert "\n" not in msg
-    for word in ("red", "green", "blue", "yellow", "ball", "cube", "cone", "ring", "spinning", "nodding"):
+    for word in (
+        "red",
+        "green",
+        "blue",
+        "yellow",
+        "ball",
+        "cube",
+        "cone",
+        "ring",
+        "spinning",
+        "nodding",
+    ):
         assert word in msg
 
 
@@ -57,7 +68,9 @@ def test_tokenize_null_static_and_view_words():
     assert tokenize("a red ball").tolist() == [0, 0, MOTION_NULL]
     assert tokenize("a blue cone nodding").tolist() == [2, 2, 3]
     for view in ("front view", "side view", "back view", "overhead view"):
-        assert torch.equal(tokenize(f"a blue cone nodding, {view}"), tokenize("a blue cone nodding"))
+        assert torch.equal(
+            tokenize(f"a blue cone nodding, {view}"), tokenize("a blue cone nodding")
+        )
     assert tokenize(ToyPrompt("green", "ring")).tolist() == [1, 3, MOTION_STATIC]
     assert tokenize_batch(["", "a red cube"]).shape == (2, 3)
     assert tokenize("a red ball").dtype == torch.long
@@ -198,7 +211,9 @@ def test_held_out_pairs_never_move_in_the_video_set():
     moving = [(p.colour, p.shape) for p in b.prompts if p.motion is not None]
     assert moving and not set(moving) & HELD_OUT
     static = [(p.colour, p.shape) for p in b.prompts if p.motion is None]
-    assert static and all(t == MOTION_STATIC for t in b.tokens[[p.motion is None for p in b.prompts], 2])
+    assert static and all(
+        t == MOTION_STATIC for t in b.tokens[[p.motion is None for p in b.prompts], 2]
+    )
     b2 = D.sample_video_batch(96, (2, 2), _gen(1), exclude_held_out=False, static_prob=0.0)
     assert {(p.colour, p.shape) for p in b2.prompts} & HELD_OUT
 
@@ -206,7 +221,9 @@ def test_held_out_pairs_never_move_in_the_video_set():
 def test_classifier_batches():
     a = D.sample_appearance_batch(4, 16, _gen(2))
     assert a.images.shape == (4, 1, 3, 16, 16)
-    assert torch.equal(a.colour_labels, a.tokens[:, 0]) and torch.equal(a.shape_labels, a.tokens[:, 1])
+    assert torch.equal(a.colour_labels, a.tokens[:, 0]) and torch.equal(
+        a.shape_labels, a.tokens[:, 1]
+    )
     m = D.sample_motion_batch(48, (2, 2), _gen(3))
     assert m.images.shape == (48, 16, 3, 2, 2) and m.fps.shape == (48,)
     assert set(m.motion_labels.tolist()) == {0, 1, 2, 3}
@@ -217,7 +234,9 @@ def test_classifier_batches():
 def test_drop_tokens():
     tokens = torch.tensor([[0, 1, 2]] * 200)
     assert torch.equal(D.drop_tokens(tokens, 0.0, _gen()), tokens)
-    assert (D.drop_tokens(tokens, 1.0, _gen()) == torch.tensor([COLOUR_NULL, SHAPE_NULL, MOTION_NULL])).all()
+    assert (
+        D.drop_tokens(tokens, 1.0, _gen()) == torch.tensor([COLOUR_NULL, SHAPE_NULL, MOTION_NULL])
+    ).all()
     whole = D.drop_tokens(tokens, 0.5, _gen())
     dropped = (whole == COLOUR_NULL).all(dim=1)
     assert 0.3 < dropped.float().mean() < 0.7
@@ -225,3 +244,12 @@ def test_drop_tokens():
     per_slot = D.drop_tokens(tokens, 0.5, _gen(), per_slot=True)
     partial = ~(per_slot == tokens).all(dim=1) & ~(per_slot == COLOUR_NULL).all(dim=1)
     assert partial.any()
+
+
+def test_image_batch_with_moving_frames():
+    b = D.sample_image_batch(64, (2, 2), _gen(4), moving_prob=0.5)
+    moving = [i for i, p in enumerate(b.prompts) if p.motion is not None]
+    assert 10 < len(moving) < 54
+    assert not {(b.prompts[i].colour, b.prompts[i].shape) for i in moving} & HELD_OUT
+    assert all(int(b.tokens[i, 2]) == b.prompts[i].motion_class for i in moving)
+    assert all(float(b.tau[i, 0]) > 0 for i in moving)

@@ -18,6 +18,7 @@ File layout (readable without ayg: ``safetensors.torch.load_file(path)`` gives t
     objects.{i}.gaussians.means           (N, 3)      canonical (τ = 0) centres, object space
     objects.{i}.gaussians.log_scales      (N, 1)      isotropic, or (N, 3) anisotropic; log σ
     objects.{i}.gaussians.quats           (N, 4)      wxyz, unnormalised; absent when isotropic
+                                                      or when the cloud has none (identity)
     objects.{i}.gaussians.opacity_logits  (N,)        opacity = sigmoid(logit)
     objects.{i}.gaussians.sh_dc           (N, 3)      degree-0 SH; colour = 0.5 + C0·sh_dc + ...
     objects.{i}.gaussians.sh_rest         (N, K−1, 3) higher bands, K = (sh_degree + 1)², Inria
@@ -43,6 +44,9 @@ Metadata key ``"ayg"`` holds a JSON object:
 
 World positions of object i at global time g: ``scale · R · x_local(g) + translation``, where R
 is the rotation matrix of the unit quaternion ``rotation`` and ``x_local`` the deformed means.
+Scales are multiplied by ``scale``, Gaussian rotations become ``rotation ⊗ quat`` and the SH
+coefficients are rotated band by band (``sh_rotation``: exact for degrees 1-3), so that a
+placed object looks from R·d the way the unplaced one looks from d.
 """
 
 from __future__ import annotations

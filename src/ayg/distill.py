@@ -76,7 +76,10 @@ class Teacher(Protocol):
         ...
 
     def encode(
-        self, images: Tensor, grad_frames: int | None = None, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        grad_frames: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """images (B, F, 3, H, W) in [0, 1] -> latents (B, F, c, h, w), differentiable (only
         ``grad_frames`` random frames of each sequence carry gradient when set)."""
@@ -147,7 +150,9 @@ class TRangeSchedule:
             if r is None:
                 continue
             if len(r) != 2 or not (0.0 <= r[0] <= r[1] <= 1.0):
-                raise ValueError(f"TRangeSchedule.{name} must be (lo, hi) with 0 <= lo <= hi <= 1, got {r}")
+                raise ValueError(
+                    f"TRangeSchedule.{name} must be (lo, hi) with 0 <= lo <= hi <= 1, got {r}"
+                )
         if self.step1 < self.step0:
             raise ValueError(f"TRangeSchedule needs step1 >= step0, got {self.step0}..{self.step1}")
 
@@ -232,7 +237,7 @@ def motion_amplification(delta: Tensor, scale: float) -> Tensor:
 
 
 def augment_prompt(prompt: str, view: str) -> str:
-    """"PROMPT, front view" (D.3). ``view`` is one of cameras.VIEW_SUFFIXES."""
+    """ "PROMPT, front view" (D.3). ``view`` is one of cameras.VIEW_SUFFIXES."""
     if view not in VIEW_SUFFIXES:
         raise ValueError(f"view must be one of {VIEW_SUFFIXES}, got {view!r}")
     return f"{prompt}, {view}"
@@ -282,12 +287,22 @@ class TeacherTerm:
         if self.mode not in ("csd", "sds"):
             raise ValueError(f"TeacherTerm.mode must be 'csd' or 'sds', got {self.mode!r}")
         if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"TeacherTerm.weighting must be one of {sorted(WEIGHTINGS)}, got {self.weighting!r}")
+            raise ValueError(
+                f"TeacherTerm.weighting must be one of {sorted(WEIGHTINGS)}, got {self.weighting!r}"
+            )
         if self.negative_weight != 0.0 and not self.negative_prompt:
             raise ValueError("TeacherTerm.negative_weight is set but negative_prompt is empty")
         if self.grad_frames is not None and self.grad_frames < 1:
-            raise ValueError(f"TeacherTerm.grad_frames must be >= 1 or None, got {self.grad_frames}")
-        for name in ("weight", "cfg_scale", "negative_weight", "view_guidance", "motion_amplification"):
+            raise ValueError(
+                f"TeacherTerm.grad_frames must be >= 1 or None, got {self.grad_frames}"
+            )
+        for name in (
+            "weight",
+            "cfg_scale",
+            "negative_weight",
+            "view_guidance",
+            "motion_amplification",
+        ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"TeacherTerm.{name} must be finite")
 
@@ -348,7 +363,9 @@ def surrogate_loss(latents: Tensor, grad: Tensor) -> Tensor:
 # The distillation loss of one teacher
 
 
-def _branch_prompts(term: TeacherTerm, prompt: str, batch: int, views: Sequence[str] | None) -> list[str]:
+def _branch_prompts(
+    term: TeacherTerm, prompt: str, batch: int, views: Sequence[str] | None
+) -> list[str]:
     """Prompts of all branches, branch-major: cond, uncond, [negative], [view-augmented]."""
     prompts = [prompt] * batch + [""] * batch
     if term.uses_negative:
@@ -408,7 +425,9 @@ def distill_loss(
     batch = images.shape[0]
     _check_inputs(teacher, term, images, views, batch)
 
-    latents = teacher.encode(images, grad_frames=term.grad_frames, generator=generator)  # (B, F, c, h, w)
+    latents = teacher.encode(
+        images, grad_frames=term.grad_frames, generator=generator
+    )  # (B, F, c, h, w)
     latents = latents.float()
     device = latents.device
 
@@ -425,7 +444,9 @@ def distill_loss(
         k = len(prompts) // batch
         emb = _embed_batch(teacher, prompts)  # (k·B, L, D)
         cond_k = None if cond is None else cond.repeat(k)
-        eps = teacher.predict_noise(noisy.repeat(k, *([1] * (noisy.ndim - 1))), timesteps.repeat(k), emb, cond_k)
+        eps = teacher.predict_noise(
+            noisy.repeat(k, *([1] * (noisy.ndim - 1))), timesteps.repeat(k), emb, cond_k
+        )
         chunks = list(eps.float().split(batch))  # k × (B, F, c, h, w)
         branches = Branches(
             cond=chunks[0],
@@ -445,12 +466,16 @@ def distill_loss(
         "t_mean": float(t_frac.mean()),
         "w_mean": float(w.mean()),
         "grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
-        "cls_norm": float(classifier_score(branches.cond, branches.uncond).flatten(1).norm(dim=1).mean()),
+        "cls_norm": float(
+            classifier_score(branches.cond, branches.uncond).flatten(1).norm(dim=1).mean()
+        ),
     }
     return loss, stats
 
 
-def compose(parts: Mapping[str, tuple[Tensor, dict[str, float]]]) -> tuple[Tensor, dict[str, float]]:
+def compose(
+    parts: Mapping[str, tuple[Tensor, dict[str, float]]],
+) -> tuple[Tensor, dict[str, float]]:
     """Sum of teacher terms (the product of teacher distributions, D.1-D.2) and their statistics
     as ``"name/key"``. One ``backward()`` of the sum reaches the scene through every encoder."""
     if not parts:

@@ -220,7 +220,7 @@ def evaluate_asset(
     that need toy labels are None when it is not a toy prompt. classifiers: the toy classifiers
     or None. generator: draws the random times of the 4D appearance protocol. Resolutions
     default to the classifiers' ``appearance_res`` / ``motion_res`` attributes, else 32 and
-    (24, 32). ``times``: how many evenly spaced global times over [0, duration] the geometric
+    (24, 40) (the toy video teacher's size; ``ayg.teachers.toy.ToyClassifiers`` resizes). ``times``: how many evenly spaced global times over [0, duration] the geometric
     metrics use. Returns a flat dict of floats (or None) plus per-view details (lists).
     """
     if prompt is None:
@@ -250,7 +250,7 @@ def evaluate_asset(
 
     bg = torch.tensor(background, dtype=torch.float32)
     a_res = appearance_res or getattr(classifiers, "appearance_res", 32)
-    m_res = motion_res or getattr(classifiers, "motion_res", (24, 32))
+    m_res = motion_res or getattr(classifiers, "motion_res", (24, 40))
     azimuths = torch.arange(views, dtype=torch.float32) * (360.0 / views)
 
     # 3D protocol (τ = 0) and 4D protocol (random τ paired with the azimuths), F.1.
@@ -289,6 +289,40 @@ def evaluate_asset(
     return report
 
 
+def evaluate_paths(
+    paths,
+    prompts: list[str] | None = None,
+    seed: int = 0,
+    classifiers: Classifiers | None = None,
+    device: torch.device | str | None = None,
+    **kwargs: Any,
+) -> list[dict]:
+    """``ayg eval``: ``evaluate_asset`` for each ``.ayg`` (or PLY) path. ``prompts``: one per
+    path, or None to read each asset's own prompt. The shipped toy classifiers are loaded when
+    some prompt is a toy prompt and ``classifiers`` is None (and their weights exist; else the
+    classifier metrics are None). The random times of each asset come from ``seed``; ``kwargs`` go to ``evaluate_asset``."""
+    from ayg.asset import load  # lazy: evaluate's maths does not need the file format
+
+    paths = list(paths)
+    if prompts is not None and len(prompts) not in (1, len(paths)):
+        raise ValueError(f"give one --prompt per asset ({len(paths)}) or none, got {len(prompts)}")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    assets = [load(p, device=dev) for p in paths]
+    if prompts is None:
+        per_asset = [(a.prompts or [None])[0] for a in assets]
+    else:
+        per_asset = list(prompts) * (len(paths) if len(prompts) == 1 else 1)
+    if classifiers is None and any(_toy_prompt(p) is not None for p in per_asset):
+        from ayg.teachers.toy import load_toy_classifiers, toy_weights_available
+
+        if toy_weights_available():
+            classifiers = load_toy_classifiers(dev)
+    return [
+        evaluate_asset(a, p, classifiers, torch.Generator().manual_seed(seed), **kwargs)
+        for a, p in zip(assets, per_asset, strict=True)
+    ]
+
+
 SUMMARY_KEYS = (
     "appearance_accuracy",
     "motion_accuracy",
@@ -301,9 +335,20 @@ SUMMARY_KEYS = (
 def format_report(report: dict) -> str:
     """One line per headline metric, e.g. for ``ayg eval``."""
     lines = [f"prompt: {report.get('prompt')}"]
-    for key in SUMMARY_KEYS + ("drift_mean", "drift_variance", "appearance_majority", "motion_majority"):
+    for key in SUMMARY_KEYS + (
+        "drift_mean",
+        "drift_variance",
+        "appearance_majority",
+        "motion_majority",
+    ):
         value = report.get(key)
         if key in report:
-            text = "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+            text = (
+                "n/a"
+                if value is None
+                else f"{value:.4f}"
+                if isinstance(value, float)
+                else str(value)
+            )
             lines.append(f"  {key:<22} {text}")
     return "\n".join(lines)

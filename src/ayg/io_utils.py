@@ -9,7 +9,8 @@ Three forms, for three kinds of writers:
 * ``atomic_path(path)`` — a context manager yielding a temporary *path* for libraries that
   insist on opening the file themselves (safetensors ``save_file``, imageio, ...). The
   temporary name keeps the target's suffix, so format detection by extension still works;
-* ``write_bytes`` / ``write_text`` / ``write_json`` — one-shot helpers.
+* ``write_bytes`` / ``write_text`` / ``write_json`` / ``write_numpy_npz`` /
+  ``atomic_torch_save`` — one-shot helpers (``atomic_write_text`` etc. are aliases).
 
 Temporary files are named ``.<name>.tmp-<random><suffix>`` so that they are hidden and easy to
 recognise; they are removed on failure.

@@ -64,7 +64,7 @@ def _check_resume_config(out: Path, cfg: RunConfig, resume: bool) -> None:
     path = out / "config.json"
     if resume and path.exists():
         saved = json.loads(path.read_text())
-        if saved.get("config") != cfg.to_dict():
+        if saved.get("config") != json.loads(json.dumps(cfg.to_dict())):
             raise ValueError(
                 f"'{out}' was started with another config; resume it with the same preset and overrides"
             )

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from ayg.cameras import Cameras
 
@@ -51,16 +50,16 @@ T_MIN = 1e-4  # a pixel is done once its transmittance would fall to this
 MAX_EXTENT = 3.33  # screen-box half-width in standard deviations, at most
 FOV_CLAMP = 1.3  # x/z, y/z clamped to this × tan(fov/2) inside the Jacobian
 DEPTH_EPS = 1e-8
-TILE = 16
+TILE = 16  # gsplat's tile size
 BACKENDS = ("auto", "torch", "gsplat")
 GSPLAT_VERSION = "1.5.3"
 
-# torch backend: Gaussians per tile per depth slice, and the most (tile-pixel × Gaussian)
-# elements evaluated at once; beyond _CHECKPOINT_ELEMENTS in total a render recomputes its
-# slices in the backward pass instead of storing them.
+# torch backend: tile size, Gaussians per tile per depth slice, and the most
+# (tile-pixel × Gaussian) elements evaluated at once (the memory bound: a slice keeps only
+# its inputs for the backward pass and recomputes the rest)
+_TILE = 16
 _SLICE = 64
 _CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
-_CHECKPOINT_ELEMENTS = 1 << 24
 
 
 @dataclass
@@ -366,22 +365,23 @@ class _Bins:
     counts: Tensor  # (n_tiles,) length of each tile's list
     tiles_x: int
     tiles_y: int
+    tile: int
 
 
 @torch.no_grad()
-def _bin_tiles(p: _Projected, width: int, height: int) -> _Bins:
+def _bin_tiles(p: _Projected, width: int, height: int, tile: int) -> _Bins:
     C, N = p.depths.shape
     device = p.depths.device
-    tw, th = math.ceil(width / TILE), math.ceil(height / TILE)
+    tw, th = math.ceil(width / tile), math.ceil(height / tile)
     vis = (p.radii > 0).any(-1).reshape(-1).nonzero().squeeze(1)  # (V,)
     V = vis.numel()
     cam = vis // N
     m = p.means2d.detach().reshape(-1, 2)[vis]  # (V, 2)
     r = p.radii.reshape(-1, 2)[vis].to(m.dtype)
-    x0 = torch.floor((m[:, 0] - r[:, 0]) / TILE).clamp(0, tw).long()
-    x1 = torch.ceil((m[:, 0] + r[:, 0]) / TILE).clamp(0, tw).long()
-    y0 = torch.floor((m[:, 1] - r[:, 1]) / TILE).clamp(0, th).long()
-    y1 = torch.ceil((m[:, 1] + r[:, 1]) / TILE).clamp(0, th).long()
+    x0 = torch.floor((m[:, 0] - r[:, 0]) / tile).clamp(0, tw).long()
+    x1 = torch.ceil((m[:, 0] + r[:, 0]) / tile).clamp(0, tw).long()
+    y0 = torch.floor((m[:, 1] - r[:, 1]) / tile).clamp(0, th).long()
+    y1 = torch.ceil((m[:, 1] + r[:, 1]) / tile).clamp(0, th).long()
     nx = (x1 - x0).clamp_min(0)
     n_per = nx * (y1 - y0).clamp_min(0)  # (V,) tiles touched
     order = torch.argsort(p.depths.detach().reshape(-1)[vis])
@@ -393,47 +393,81 @@ def _bin_tiles(p: _Projected, width: int, height: int) -> _Bins:
     local = torch.arange(pid.numel(), device=device) - start[pid]
     tx = x0[pid] + local % nx[pid]
     ty = y0[pid] + torch.div(local, nx[pid], rounding_mode="floor")
-    tile = (cam[pid] * th + ty) * tw + tx
-    keys, perm = torch.sort(tile * max(V, 1) + rank[pid])
-    counts = torch.bincount(tile, minlength=C * th * tw)
+    tile_id = (cam[pid] * th + ty) * tw + tx
+    keys, perm = torch.sort(tile_id * max(V, 1) + rank[pid])
+    counts = torch.bincount(tile_id, minlength=C * th * tw)
     offsets = torch.cumsum(counts, 0) - counts
-    return _Bins(vis, pid[perm], keys, rank, offsets, counts, tw, th)
+    return _Bins(vis, pid[perm], keys, rank, offsets, counts, tw, th, tile)
 
 
 # --------------------------------------------------------------------------------------------
 # torch rasteriser (sec. 2 eq. 2): tiles × depth slices, front to back
 
 
-def _pixel_basis(dtype, device) -> Tensor:
-    """(6, P) quadratic monomials of the tile-local pixel centres: lx², lx·ly, ly², lx, ly, 1."""
-    lin = torch.arange(TILE, dtype=dtype, device=device) + 0.5
+def _pixel_basis(tile: int, dtype, device) -> Tensor:
+    """(P, 6) quadratic monomials of the tile-local pixel centres: lx², lx·ly, ly², lx, ly, 1
+    (P = tile², row-major)."""
+    lin = torch.arange(tile, dtype=dtype, device=device) + 0.5
     ly, lx = torch.meshgrid(lin, lin, indexing="ij")
     lx, ly = lx.reshape(-1), ly.reshape(-1)
-    return torch.stack([lx * lx, lx * ly, ly * ly, lx, ly, torch.ones_like(lx)])
+    return torch.stack([lx * lx, lx * ly, ly * ly, lx, ly, torch.ones_like(lx)], dim=-1)
 
 
-def _quadric(m: Tensor, conic: Tensor, log_o: Tensor) -> Tensor:
-    """Coefficients q (..., 6) with q·basis = ½ dᵀΣ'⁻¹d − log o at the basis pixels, for means
-    m (..., 2) given relative to the tile origin. Expanding the quadratic form lets one matmul
-    evaluate every (Gaussian, pixel) pair of a slice; tile-local coordinates keep the
-    cancellation small in float32."""
+def _neg_quadric(m: Tensor, conic: Tensor, log_o: Tensor) -> Tensor:
+    """Coefficients q (..., 6) with basis·q = log o − ½ dᵀΣ'⁻¹d = log α (before clamping) at
+    the basis pixels, for means m (..., 2) relative to the tile origin. Expanding the quadratic
+    form lets one matmul evaluate every (pixel, Gaussian) pair of a slice; tile-local
+    coordinates keep the cancellation small in float32."""
     a, b, c = conic.unbind(-1)
     mx, my = m.unbind(-1)
-    const = 0.5 * a * mx * mx + b * mx * my + 0.5 * c * my * my - log_o
-    return torch.stack([0.5 * a, b, 0.5 * c, -(a * mx + b * my), -(c * my + b * mx), const], -1)
+    const = log_o - (0.5 * a * mx * mx + b * mx * my + 0.5 * c * my * my)
+    return torch.stack([-0.5 * a, -b, -0.5 * c, a * mx + b * my, c * my + b * mx, const], -1)
 
 
-def _composite_slice(quad: Tensor, feats: Tensor, trans: Tensor, basis: Tensor):
-    """One depth slice of Ta tiles: quad (Ta, S, 6), feats (Ta, S, D), trans (Ta, P) the
-    transmittance in front of the slice -> (Σ_s w·feat (Ta, D, P), transmittance behind it)."""
-    alpha = torch.exp(-(quad @ basis))  # (Ta, S, P)
-    alpha = alpha.clamp(max=ALPHA_MAX) * (alpha >= ALPHA_MIN)
-    t_incl = trans[:, None] * torch.cumprod(1.0 - alpha, dim=1)  # (Ta, S, P)
-    t_excl = torch.cat([trans[:, None], t_incl[:, :-1]], dim=1)
+def _slice_alpha(quad_t: Tensor, trans: Tensor, basis: Tensor):
+    """quad_t (Ta, 6, S), trans (Ta, P) -> alpha, 1 − alpha, u = T·[T > T_MIN] after each
+    Gaussian, all (Ta, P, S); and the transmittance behind the slice (Ta, P)."""
+    alpha = torch.exp(basis @ quad_t)  # (Ta, P, S)
+    alpha = torch.nn.functional.threshold(alpha, ALPHA_MIN, 0.0).clamp_(max=ALPHA_MAX)
+    one_minus = 1.0 - alpha
+    t_incl = torch.cumprod(one_minus, dim=-1).mul_(trans[..., None])
     # stop *before* the Gaussian that takes T to T_MIN; t_incl keeps falling, so once one
     # Gaussian fails the test every later one (in this slice and the next) fails it too
-    w = (t_excl - t_incl) * (t_incl > T_MIN)  # = α·T, (Ta, S, P)
-    return feats.transpose(1, 2) @ w, t_incl[:, -1]
+    u = torch.nn.functional.threshold(t_incl, T_MIN, 0.0)
+    return alpha, one_minus, u, t_incl[..., -1]
+
+
+class _CompositeSlice(torch.autograd.Function):
+    """Front-to-back compositing of one depth slice of Ta tiles (eq. 2), w_s = α_s T_s where
+    T_s = T_in Π_{j<s} (1 − α_j). Forward returns (Σ_s w_s f_s (Ta, P, D), T behind the slice).
+    Only the inputs are kept; the backward recomputes the slice and applies
+    ∂L/∂α_k = (g_k T_k (1 − α_k) − Σ_{s>k} g_s w_s − G_T T_out) / (1 − α_k), g = ∂L/∂w."""
+
+    @staticmethod
+    def forward(ctx, quad_t, feats, trans, basis):  # (Ta, 6, S), (Ta, S, D), (Ta, P), (P, 6)
+        alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
+        w = u.div_(one_minus).sub_(u * one_minus)  # = u·α/(1 − α), without a second buffer
+        ctx.save_for_backward(quad_t, feats, trans, basis)
+        return w @ feats, t_out
+
+    @staticmethod
+    def backward(ctx, g_out, g_t):  # (Ta, P, D), (Ta, P)
+        quad_t, feats, trans, basis = ctx.saved_tensors
+        alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
+        w = u / one_minus - u  # (Ta, P, S)
+        g_w = g_out @ feats.transpose(1, 2)  # (Ta, P, S)
+        g_feats = w.transpose(1, 2) @ g_out  # (Ta, S, D)
+        gw = g_w * w
+        tail = torch.cumsum(gw, dim=-1)  # Σ_{s<=k} g_s w_s
+        total = tail[..., -1] + g_t * t_out  # (Ta, P)
+        tail = tail.neg_().add_(total[..., None])  # Σ_{s>k} g_s w_s + G_T T_out
+        g_alpha = g_w.mul_(u).sub_(tail).div_(one_minus)
+        # dα/dlogα = α where 1/255 <= α < 0.999 (skipped and clamped ones: 0)
+        dalpha = torch.nn.functional.threshold(alpha.neg_(), -ALPHA_MAX, 0.0)
+        g_log_alpha = g_alpha.mul_(dalpha).neg_()  # (Ta, P, S)
+        g_quad_t = basis.transpose(0, 1) @ g_log_alpha  # (Ta, 6, S)
+        g_trans = total / trans.clamp_min(1e-30)
+        return g_quad_t, g_feats, g_trans, None
 
 
 def _rasterize_torch(
@@ -442,7 +476,8 @@ def _rasterize_torch(
     """feats (C, N, D) -> (C, D, H, W) Σ_i w_i feat_i per pixel."""
     C, N, D = feats.shape
     dtype, device = feats.dtype, feats.device
-    P = TILE * TILE
+    tile = bins.tile
+    P = tile * tile
     tw, th = bins.tiles_x, bins.tiles_y
     n_tiles = C * th * tw
     V = bins.vis.numel()
@@ -456,15 +491,15 @@ def _rasterize_torch(
     conic_r = rows(p.conics, 0.0)  # (V+1, 3)
     logo_r = rows(torch.log(opacity.clamp_min(1e-30)).expand(C, N), -1e4)[:, 0]  # (V+1,)
     feat_r = rows(feats, 0.0)  # (V+1, D)
-    basis = _pixel_basis(dtype, device)
+    basis = _pixel_basis(tile, dtype, device)  # (P, 6)
 
     # full-tile pixels outside the image start "done" (T = 0) and never get weight
     tile_ids = torch.arange(n_tiles, device=device)
     tx, ty = tile_ids % tw, torch.div(tile_ids, tw, rounding_mode="floor") % th
-    origin = torch.stack([tx, ty], -1).to(dtype) * TILE  # (n_tiles, 2)
-    lin = torch.arange(TILE, device=device)
-    px = (tx[:, None, None] * TILE + lin[None, None, :]).expand(-1, TILE, TILE)
-    py = (ty[:, None, None] * TILE + lin[None, :, None]).expand(-1, TILE, TILE)
+    origin = torch.stack([tx, ty], -1).to(dtype) * tile  # (n_tiles, 2)
+    lin = torch.arange(tile, device=device)
+    px = (tx[:, None, None] * tile + lin[None, None, :]).expand(-1, tile, tile)
+    py = (ty[:, None, None] * tile + lin[None, :, None]).expand(-1, tile, tile)
     inside = ((px < width) & (py < height)).reshape(n_tiles, P).to(dtype)
 
     counts = bins.counts
@@ -473,42 +508,35 @@ def _rasterize_torch(
     todo = todo[:n_busy]
     S = _SLICE
     chunk = max(1, _CHUNK_ELEMENTS.get(device.type, 1 << 22) // (S * P))
-    slices_total = int(torch.ceil(counts[todo].to(torch.float64) / S).sum()) if n_busy else 0
-    use_ckpt = torch.is_grad_enabled() and slices_total * S * P > _CHECKPOINT_ELEMENTS
     arange_s = torch.arange(S, device=device)
     M = bins.ids.numel()
 
-    done_ids, done_acc = [], []
+    done_ids, done_out = [], []
     for c0 in range(0, n_busy, chunk):
         act = todo[c0 : c0 + chunk]  # global tile ids, (Ta,)
         trans = inside[act]  # (Ta, P)
-        acc = torch.zeros(act.numel(), D, P, dtype=dtype, device=device)
+        acc = None
         k = 0
         while act.numel() > 0:
             pos = k * S + arange_s  # (S,)
             in_list = pos[None] < counts[act, None]  # (Ta, S)
             idx = (bins.offsets[act, None] + pos[None]).clamp_max(max(M - 1, 0))
             g = torch.where(in_list, bins.ids[idx], V)  # (Ta, S) rows, V = null
-            quad = _quadric(m_r[g] - origin[act, None], conic_r[g], logo_r[g])  # (Ta, S, 6)
-            if use_ckpt:
-                contrib, trans = checkpoint(
-                    _composite_slice, quad, feat_r[g], trans, basis, use_reentrant=False
-                )
-            else:
-                contrib, trans = _composite_slice(quad, feat_r[g], trans, basis)
-            acc = acc + contrib
+            quad = _neg_quadric(m_r[g] - origin[act, None], conic_r[g], logo_r[g])  # (Ta, S, 6)
+            contrib, trans = _CompositeSlice.apply(quad.transpose(1, 2), feat_r[g], trans, basis)
+            acc = contrib if acc is None else acc + contrib  # (Ta, P, D)
             k += 1
             going = (counts[act] > k * S) & (trans > T_MIN).any(1)  # (Ta,)
             if not bool(going.all()):
                 done_ids.append(act[~going])
-                done_acc.append(acc[~going])
+                done_out.append(acc[~going])
                 act, acc, trans = act[going], acc[going], trans[going]
 
-    out = torch.zeros(n_tiles, D, P, dtype=dtype, device=device)
+    out = torch.zeros(n_tiles, P, D, dtype=dtype, device=device)
     if done_ids:
-        out = out.index_copy(0, torch.cat(done_ids), torch.cat(done_acc))
-    out = out.reshape(C, th, tw, D, TILE, TILE).permute(0, 3, 1, 4, 2, 5)
-    return out.reshape(C, D, th * TILE, tw * TILE)[:, :, :height, :width]
+        out = out.index_copy(0, torch.cat(done_ids), torch.cat(done_out))
+    out = out.reshape(C, th, tw, tile, tile, D).permute(0, 5, 1, 3, 2, 4)
+    return out.reshape(C, D, th * tile, tw * tile)[:, :, :height, :width]
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,7 +654,7 @@ def rasterize(
         p = _project(s)
         rgb_g = _colors(s)  # (C, N, 3)
         feats = torch.cat([rgb_g, p.depths[..., None], torch.ones_like(p.depths)[..., None]], -1)
-        bins = _bin_tiles(p, s.width, s.height)
+        bins = _bin_tiles(p, s.width, s.height, _TILE)
         img = _rasterize_torch(p, s.opacity, feats, s.width, s.height, bins)  # (C, 5, H, W)
         rgb, depth_sum, alpha = img[:, :3], img[:, 3:4], img[:, 4:5]
         means2d, radii = p.means2d, p.radii.amax(-1)
@@ -673,7 +701,7 @@ def gaussian_visibility(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     s = _check_scene(means, scales, quats, opacity, None, cameras, None, require_colors=False)
     p = _project(s)
-    bins = _bin_tiles(p, s.width, s.height)
+    bins = _bin_tiles(p, s.width, s.height, _TILE)
     C, N, W, H = s.C, s.N, s.width, s.height
     device, dtype = means.device, means.dtype
     out = torch.zeros(C * N, dtype=dtype, device=device)
@@ -686,7 +714,8 @@ def gaussian_visibility(
     centre_in = (m[:, 0] >= 0) & (m[:, 0] < W) & (m[:, 1] >= 0) & (m[:, 1] < H)
     q = centre_in.nonzero().squeeze(1)  # (Q,) queries: rows of vis
     cam = bins.vis[q] // N
-    tile = (cam * bins.tiles_y + (m[q, 1] // TILE).long()) * bins.tiles_x + (m[q, 0] // TILE).long()
+    ts = bins.tile
+    tile = (cam * bins.tiles_y + (m[q, 1] // ts).long()) * bins.tiles_x + (m[q, 0] // ts).long()
     # a Gaussian's own entry sits in its centre tile's list; everything before it is nearer
     own = torch.searchsorted(bins.keys, tile * V + bins.rank[q])
     start, n_front = bins.offsets[tile], own - bins.offsets[tile]

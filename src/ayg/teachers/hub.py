@@ -42,7 +42,9 @@ def fetch_hint(model_id: str) -> str:
     return f"fetch it once while online with `hf download {model_id}` (or `huggingface-cli download {model_id}`)"
 
 
-def not_available(model_id: str, what: str = "", cause: BaseException | None = None) -> TeacherNotAvailable:
+def not_available(
+    model_id: str, what: str = "", cause: BaseException | None = None
+) -> TeacherNotAvailable:
     """The one-line error for a missing model; ``what`` names the component (``unet``, ...)."""
     part = f" ({what})" if what else ""
     reason = f": {type(cause).__name__}" if cause is not None else ""
@@ -93,7 +95,9 @@ def hub_file(
     if local.is_dir():
         path = local / filename
         if not path.is_file():
-            raise TeacherNotAvailable(f"teacher model directory {model_id!r} has no file {filename!r}")
+            raise TeacherNotAvailable(
+                f"teacher model directory {model_id!r} has no file {filename!r}"
+            )
         return path
     from huggingface_hub import hf_hub_download
 
@@ -123,7 +127,9 @@ def safe_torch_load(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise TeacherNotAvailable(f"checkpoint {str(path)!r} holds {type(obj).__name__}, not a state dict")
+        raise TeacherNotAvailable(
+            f"checkpoint {str(path)!r} holds {type(obj).__name__}, not a state dict"
+        )
     return obj
 
 

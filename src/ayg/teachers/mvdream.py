@@ -53,7 +53,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ayg.teachers.hub import TeacherNotAvailable, fetch_hint, hub_file, load_component, safe_torch_load
+from ayg.teachers.hub import (
+    TeacherNotAvailable,
+    fetch_hint,
+    hub_file,
+    load_component,
+    safe_torch_load,
+)
 from ayg.teachers.stable_diffusion import (
     PromptCache,
     default_dtype,
@@ -117,7 +123,9 @@ class MVDreamArch:
         channels = [self.model_channels * m for m in self.channel_mult]
         for c in channels:
             if c % self.num_head_channels:
-                raise ValueError(f"channels {c} not divisible by num_head_channels {self.num_head_channels}")
+                raise ValueError(
+                    f"channels {c} not divisible by num_head_channels {self.num_head_channels}"
+                )
         return dict(
             sample_size=self.image_size // 2 ** (len(self.vae_ch_mult) - 1),
             in_channels=self.latent_channels,
@@ -128,7 +136,8 @@ class MVDreamArch:
                 "CrossAttnDownBlock2D" if self.has_attention(lv) else "DownBlock2D" for lv in levels
             ],
             up_block_types=[
-                "CrossAttnUpBlock2D" if self.has_attention(lv) else "UpBlock2D" for lv in reversed(levels)
+                "CrossAttnUpBlock2D" if self.has_attention(lv) else "UpBlock2D"
+                for lv in reversed(levels)
             ],
             block_out_channels=channels,
             layers_per_block=self.num_res_blocks,
@@ -195,9 +204,15 @@ class MVDreamArch:
 
     def alphas_cumprod(self) -> Tensor:
         """(T,) float32 ᾱ_t of MVDream's schedule (betas linear in √β, computed in float64)."""
-        betas = torch.linspace(
-            math.sqrt(self.linear_start), math.sqrt(self.linear_end), self.timesteps, dtype=torch.float64
-        ) ** 2
+        betas = (
+            torch.linspace(
+                math.sqrt(self.linear_start),
+                math.sqrt(self.linear_end),
+                self.timesteps,
+                dtype=torch.float64,
+            )
+            ** 2
+        )
         return torch.cumprod(1.0 - betas, dim=0).float()
 
 
@@ -248,8 +263,14 @@ class MultiViewAttnProcessor:
         v = self.num_views if self.enabled else 1
         if v == 1:
             return self._inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        if encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3:
-            raise ValueError("multiview attention is self-attention on (B·V, L, C) tokens without a mask")
+        if (
+            encoder_hidden_states is not None
+            or attention_mask is not None
+            or hidden_states.ndim != 3
+        ):
+            raise ValueError(
+                "multiview attention is self-attention on (B·V, L, C) tokens without a mask"
+            )
         bv, n, c = hidden_states.shape  # (B·V, L, C)
         if bv % v:
             raise ValueError(f"batch {bv} is not a multiple of the {v} views")
@@ -351,7 +372,10 @@ def vae_key_table(arch: MVDreamArch) -> _Table:
         for j in range(arch.vae_num_res_blocks):
             t[f"encoder.down.{i}.block.{j}"] = (f"encoder.down_blocks.{i}.resnets.{j}", _VAE_RESNET)
         if i != n - 1:
-            t[f"encoder.down.{i}.downsample.conv"] = (f"encoder.down_blocks.{i}.downsamplers.0.conv", None)
+            t[f"encoder.down.{i}.downsample.conv"] = (
+                f"encoder.down_blocks.{i}.downsamplers.0.conv",
+                None,
+            )
         up = n - 1 - i
         for j in range(arch.vae_num_res_blocks + 1):
             t[f"decoder.up.{i}.block.{j}"] = (f"decoder.up_blocks.{up}.resnets.{j}", _VAE_RESNET)
@@ -360,7 +384,9 @@ def vae_key_table(arch: MVDreamArch) -> _Table:
     return t
 
 
-def _rename(state: Mapping[str, Tensor], prefix: str, table: _Table, what: str) -> dict[str, Tensor]:
+def _rename(
+    state: Mapping[str, Tensor], prefix: str, table: _Table, what: str
+) -> dict[str, Tensor]:
     """Every ``prefix``-key of ``state`` renamed through ``table`` (longest module path wins).
     A key that no entry covers is an error: nothing of the checkpoint is silently dropped."""
     out: dict[str, Tensor] = {}
@@ -387,7 +413,9 @@ def _rename(state: Mapping[str, Tensor], prefix: str, table: _Table, what: str) 
                     break
         out[f"{target}.{'.'.join(rest)}"] = value
     if unmapped:
-        raise KeyError(f"{len(unmapped)} {what} tensors have no diffusers counterpart, e.g. {unmapped[:3]}")
+        raise KeyError(
+            f"{len(unmapped)} {what} tensors have no diffusers counterpart, e.g. {unmapped[:3]}"
+        )
     if not out:
         raise KeyError(f"the checkpoint has no {what} tensors under {prefix!r}")
     return out
@@ -457,7 +485,9 @@ def convert_open_clip_text(
         if layer == last:
             continue
         if layer > last:
-            raise KeyError(f"text tower has a resblock {layer} but the arch says {arch.text_layers} layers")
+            raise KeyError(
+                f"text tower has a resblock {layer} but the arch says {arch.text_layers} layers"
+            )
         base = f"encoder.layers.{layer}."
         if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
             kind = rest.rsplit("_", 1)[1]  # weight | bias
@@ -470,7 +500,9 @@ def convert_open_clip_text(
             continue
         out[f"{base}{block[module]}.{leaf}"] = value
     if unmapped:
-        raise KeyError(f"{len(unmapped)} text-encoder tensors have no counterpart, e.g. {unmapped[:3]}")
+        raise KeyError(
+            f"{len(unmapped)} text-encoder tensors have no counterpart, e.g. {unmapped[:3]}"
+        )
     if not out:
         raise KeyError(f"the checkpoint has no OpenCLIP text tensors under {prefix!r}")
     return out
@@ -560,9 +592,13 @@ class MVDreamTeacher:
         cross_view: bool = True,
     ) -> None:
         if getattr(unet.config, "class_embed_type", None) != "projection":
-            raise ValueError("the MVDream UNet needs class_embed_type='projection' (the camera MLP)")
+            raise ValueError(
+                "the MVDream UNet needs class_embed_type='projection' (the camera MLP)"
+            )
         if alphas_cumprod.ndim != 1:
-            raise ValueError(f"alphas_cumprod must have shape (T,), got {tuple(alphas_cumprod.shape)}")
+            raise ValueError(
+                f"alphas_cumprod must have shape (T,), got {tuple(alphas_cumprod.shape)}"
+            )
         self.device = torch.device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.vae_dtype = vae_dtype or self.dtype
@@ -605,14 +641,17 @@ class MVDreamTeacher:
         from transformers import CLIPTextModel
 
         arch = arch or MVDreamArch()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # module init uses the global RNG; keep it local here
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)  # module init draws from the global RNGs: keep that local
             unet = UNet2DConditionModel(**arch.unet_config())
             vae = AutoencoderKL(**arch.vae_config())
             text_encoder = CLIPTextModel(arch.text_config())
         tokenizer = tokenizer or ByteTokenizer(arch.text_vocab, arch.text_context)
         kwargs.setdefault("image_size", arch.image_size)
-        return cls(unet, vae, text_encoder, tokenizer, arch.alphas_cumprod(), device, dtype, **kwargs)
+        return cls(
+            unet, vae, text_encoder, tokenizer, arch.alphas_cumprod(), device, dtype, **kwargs
+        )
 
     @classmethod
     def from_state_dict(
@@ -629,14 +668,27 @@ class MVDreamTeacher:
         from transformers import CLIPTextModel
 
         arch = arch or MVDreamArch()
-        unet = _build_loaded(lambda: UNet2DConditionModel(**arch.unet_config()), convert_ldm_unet(state, arch))
-        vae = _build_loaded(lambda: AutoencoderKL(**arch.vae_config()), convert_ldm_vae(state, arch))
+        unet = _build_loaded(
+            lambda: UNet2DConditionModel(**arch.unet_config()), convert_ldm_unet(state, arch)
+        )
+        vae = _build_loaded(
+            lambda: AutoencoderKL(**arch.vae_config()), convert_ldm_vae(state, arch)
+        )
         text = convert_open_clip_text(state, arch)
         text_encoder = CLIPTextModel(arch.text_config())
         text_encoder.load_state_dict(_fit_prefix(text, text_encoder), strict=True)
         tokenizer = tokenizer or ByteTokenizer(arch.text_vocab, arch.text_context)
         kwargs.setdefault("image_size", arch.image_size)
-        return cls(unet, vae, text_encoder, tokenizer, _alphas_from_state(state, arch), device, dtype, **kwargs)
+        return cls(
+            unet,
+            vae,
+            text_encoder,
+            tokenizer,
+            _alphas_from_state(state, arch),
+            device,
+            dtype,
+            **kwargs,
+        )
 
     @classmethod
     def from_checkpoint(
@@ -691,11 +743,15 @@ class MVDreamTeacher:
                         f"Face cache; fetch it once while online with `hf download {model_id} {filename}` "
                         f"(and the tokenizer: `hf download {tokenizer_id} --include 'tokenizer/*'`)"
                     ) from missing
-                return cls.from_diffusers(model_id, device, dtype, tokenizer=tokenizer, **hub, **kwargs)
+                return cls.from_diffusers(
+                    model_id, device, dtype, tokenizer=tokenizer, **hub, **kwargs
+                )
         if tokenizer is None:
             from transformers import CLIPTokenizer
 
-            tokenizer = load_component(CLIPTokenizer.from_pretrained, tokenizer_id, "tokenizer", **hub)
+            tokenizer = load_component(
+                CLIPTokenizer.from_pretrained, tokenizer_id, "tokenizer", **hub
+            )
         return cls.from_checkpoint(ckpt, arch, tokenizer, device, dtype, **kwargs)
 
     @classmethod
@@ -729,16 +785,22 @@ class MVDreamTeacher:
             if config.get("class_embed_type") != "projection":
                 camera = _load_weights(model_id, "camera_proj", hub)  # linear_1 / linear_2
                 config["class_embed_type"] = "projection"
-                config["projection_class_embeddings_input_dim"] = int(camera["linear_1.weight"].shape[1])
+                config["projection_class_embeddings_input_dim"] = int(
+                    camera["linear_1.weight"].shape[1]
+                )
                 state.update({f"class_embedding.{k}": v for k, v in camera.items()})
         unet = _build_loaded(lambda: UNet2DConditionModel(**config), state)
         vae = load_component(AutoencoderKL.from_pretrained, model_id, "vae", **hub)
-        text_encoder = load_component(CLIPTextModel.from_pretrained, model_id, "text_encoder", **hub)
+        text_encoder = load_component(
+            CLIPTextModel.from_pretrained, model_id, "text_encoder", **hub
+        )
         if tokenizer is None:
             tokenizer = load_component(CLIPTokenizer.from_pretrained, model_id, "tokenizer", **hub)
         alphas = MVDreamArch().alphas_cumprod()
         try:
-            sched = json.loads(hub_file(model_id, "scheduler/scheduler_config.json", **hub).read_text())
+            sched = json.loads(
+                hub_file(model_id, "scheduler/scheduler_config.json", **hub).read_text()
+            )
             alphas = MVDreamArch(
                 linear_start=sched.get("beta_start", 0.00085),
                 linear_end=sched.get("beta_end", 0.012),
@@ -746,8 +808,7 @@ class MVDreamTeacher:
             ).alphas_cumprod()
         except TeacherNotAvailable:
             pass
-        image_size = 8 * int(unet.config.sample_size or 32)
-        kwargs.setdefault("image_size", image_size)
+        kwargs.setdefault("image_size", MVDreamArch.image_size)  # 256: MVDream's resolution (C.8)
         return cls(unet, vae, text_encoder, tokenizer, alphas, device, dtype, **kwargs)
 
     # -- protocol -------------------------------------------------------------------------------
@@ -761,7 +822,10 @@ class MVDreamTeacher:
         return self.prompts(prompts, self.device)
 
     def encode(
-        self, images: Tensor, grad_frames: int | None = None, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        grad_frames: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """images (B, V, 3, H, W) in [0, 1] -> latents (B, V, 4, S/8, S/8) float32 at S =
         ``image_size`` (256, C.8; other sizes are resized bilinearly), differentiable."""
@@ -785,15 +849,22 @@ class MVDreamTeacher:
             raise ValueError(f"noisy must have shape (B, V, c, h, w), got {tuple(noisy.shape)}")
         b, v = noisy.shape[:2]
         if t.shape != (b,) or emb.ndim != 3 or emb.shape[0] != b:
-            raise ValueError(f"t must be ({b},) and emb ({b}, L, D), got {tuple(t.shape)} and {tuple(emb.shape)}")
+            raise ValueError(
+                f"t must be ({b},) and emb ({b}, L, D), got {tuple(t.shape)} and {tuple(emb.shape)}"
+            )
         if cond is None or cond.cameras is None:
-            raise ValueError("the multiview teacher needs cameras: predict_noise(..., Conditioning(cameras=...))")
+            raise ValueError(
+                "the multiview teacher needs cameras: predict_noise(..., Conditioning(cameras=...))"
+            )
         if len(cond.cameras) != b * v:
-            raise ValueError(f"expected {b}·{v} = {b * v} cameras (sample-major), got {len(cond.cameras)}")
-        x = noisy.reshape(b * v, *noisy.shape[2:]).to(device=self.device, dtype=self.dtype)  # (B'·V, c, h, w)
+            raise ValueError(
+                f"expected {b}·{v} = {b * v} cameras (sample-major), got {len(cond.cameras)}"
+            )
+        dev = dict(device=self.device, dtype=self.dtype)
+        x = noisy.reshape(b * v, *noisy.shape[2:]).to(**dev)  # (B'·V, c, h, w)
         tt = t.to(self.device).repeat_interleave(v)  # (B'·V,)
-        ctx = emb.to(device=self.device, dtype=self.dtype).repeat_interleave(v, dim=0)  # (B'·V, L, D)
-        cam = mvdream_cameras(cond.cameras).to(device=self.device, dtype=self.dtype)  # (B'·V, 16)
+        ctx = emb.to(**dev).repeat_interleave(v, dim=0)  # (B'·V, L, D)
+        cam = mvdream_cameras(cond.cameras).to(**dev)  # (B'·V, 16)
         self.mv_attention.num_views = v
         eps = self.unet(x, tt, encoder_hidden_states=ctx, class_labels=cam).sample.float()
         return eps.reshape(b, v, *eps.shape[1:])

@@ -135,7 +135,9 @@ def encode_sequences(
     return out.unflatten(0, (b, f))
 
 
-def eps_from_prediction(pred: Tensor, noisy: Tensor, alphas_t: Tensor, prediction_type: str) -> Tensor:
+def eps_from_prediction(
+    pred: Tensor, noisy: Tensor, alphas_t: Tensor, prediction_type: str
+) -> Tensor:
     """The UNet output as ε̂. ``alphas_t`` is ᾱ_t broadcastable to ``noisy``.
 
     z_t = √ᾱ x + √(1-ᾱ) ε;  v = √ᾱ ε - √(1-ᾱ) x  ->  ε = √ᾱ v + √(1-ᾱ) z_t.
@@ -146,7 +148,9 @@ def eps_from_prediction(pred: Tensor, noisy: Tensor, alphas_t: Tensor, predictio
         return alphas_t.sqrt() * pred + (1.0 - alphas_t).sqrt() * noisy
     if prediction_type == "sample":
         return (noisy - alphas_t.sqrt() * pred) / (1.0 - alphas_t).sqrt()
-    raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+    raise ValueError(
+        f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}"
+    )
 
 
 def alphas_cumprod_from_scheduler(scheduler: Any) -> Tensor:
@@ -177,7 +181,9 @@ def load_latent_components(
     text_encoder = load_component(
         CLIPTextModel.from_pretrained, model_id, "text_encoder", **_dtype_kwarg(dtype), **weights
     )
-    vae = load_component(AutoencoderKL.from_pretrained, model_id, "vae", torch_dtype=vae_dtype, **weights)
+    vae = load_component(
+        AutoencoderKL.from_pretrained, model_id, "vae", torch_dtype=vae_dtype, **weights
+    )
     unet = load_component(unet_cls.from_pretrained, model_id, "unet", torch_dtype=dtype, **weights)
     return dict(
         unet=unet,
@@ -235,9 +241,13 @@ class StableDiffusionTeacher:
         encode_chunk: int | None = 16,
     ) -> None:
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+            raise ValueError(
+                f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}"
+            )
         if alphas_cumprod.ndim != 1:
-            raise ValueError(f"alphas_cumprod must have shape (T,), got {tuple(alphas_cumprod.shape)}")
+            raise ValueError(
+                f"alphas_cumprod must have shape (T,), got {tuple(alphas_cumprod.shape)}"
+            )
         self.device = torch.device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.vae_dtype = vae_dtype or self.dtype
@@ -256,7 +266,9 @@ class StableDiffusionTeacher:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_components(cls, unet, vae, text_encoder, tokenizer, alphas_cumprod, **kwargs) -> StableDiffusionTeacher:
+    def from_components(
+        cls, unet, vae, text_encoder, tokenizer, alphas_cumprod, **kwargs
+    ) -> StableDiffusionTeacher:
         """From already built modules (tests, custom checkpoints)."""
         return cls(unet, vae, text_encoder, tokenizer, torch.as_tensor(alphas_cumprod), **kwargs)
 
@@ -301,7 +313,10 @@ class StableDiffusionTeacher:
         return self.prompts(prompts, self.device)
 
     def encode(
-        self, images: Tensor, grad_frames: int | None = None, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        grad_frames: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """images (B, F, 3, H, W) in [0, 1] -> latents (B, F, 4, H'/8, W'/8) at (H', W') =
         ``resolution``; frames are independent images."""
@@ -323,7 +338,9 @@ class StableDiffusionTeacher:
             raise ValueError(f"noisy must have shape (B, F, c, h, w), got {tuple(noisy.shape)}")
         b, f = noisy.shape[:2]
         if t.shape != (b,) or emb.shape[0] != b:
-            raise ValueError(f"t must be ({b},) and emb ({b}, L, D), got {tuple(t.shape)} and {tuple(emb.shape)}")
+            raise ValueError(
+                f"t must be ({b},) and emb ({b}, L, D), got {tuple(t.shape)} and {tuple(emb.shape)}"
+            )
         x = noisy.reshape(b * f, *noisy.shape[2:]).to(self.device)  # (B'·F, c, h, w)
         tt = t.to(self.device).repeat_interleave(f)
         ee = emb.to(device=self.device, dtype=self.dtype).repeat_interleave(f, dim=0)
@@ -333,8 +350,10 @@ class StableDiffusionTeacher:
         return eps.reshape(b, f, *eps.shape[1:])
 
     def offload(self) -> None:
-        """Weights to the CPU while another teacher runs (the prompt cache stays)."""
-        for m in (self.unet, self.vae, self.text_encoder):
+        """UNet and text encoder to the CPU while another teacher runs. The VAE (small) stays:
+        the graph of an ``encode`` whose loss has not been backpropagated yet holds its weights,
+        and moving them would break that backward. The prompt cache stays too."""
+        for m in (self.unet, self.text_encoder):
             m.to("cpu")
         self.active = False
 

@@ -66,11 +66,15 @@ class VideoTeacher:
         encode_chunk: int | None = 16,
     ) -> None:
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}")
+            raise ValueError(
+                f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}"
+            )
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
         if alphas_cumprod.ndim != 1:
-            raise ValueError(f"alphas_cumprod must have shape (T,), got {tuple(alphas_cumprod.shape)}")
+            raise ValueError(
+                f"alphas_cumprod must have shape (T,), got {tuple(alphas_cumprod.shape)}"
+            )
         self.device = torch.device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.vae_dtype = vae_dtype or self.dtype
@@ -91,7 +95,9 @@ class VideoTeacher:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_components(cls, unet, vae, text_encoder, tokenizer, alphas_cumprod, **kwargs) -> VideoTeacher:
+    def from_components(
+        cls, unet, vae, text_encoder, tokenizer, alphas_cumprod, **kwargs
+    ) -> VideoTeacher:
         """From already built modules (tests, custom checkpoints)."""
         return cls(unet, vae, text_encoder, tokenizer, torch.as_tensor(alphas_cumprod), **kwargs)
 
@@ -136,13 +142,18 @@ class VideoTeacher:
         return self.prompts(prompts, self.device)
 
     def encode(
-        self, images: Tensor, grad_frames: int | None = None, generator: torch.Generator | None = None
+        self,
+        images: Tensor,
+        grad_frames: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """frames (B, F, 3, H, W) in [0, 1] -> latents (B, F, 4, H'/8, W'/8), frame by frame;
         with ``grad_frames = k`` only k random frames per clip carry gradient."""
         self._ensure_active()
         if images.ndim != 5 or images.shape[1] != self.frames:
-            raise ValueError(f"video teacher expects (B, {self.frames}, 3, H, W), got {tuple(images.shape)}")
+            raise ValueError(
+                f"video teacher expects (B, {self.frames}, 3, H, W), got {tuple(images.shape)}"
+            )
         images = images.to(self.device)
 
         def encode(x: Tensor) -> Tensor:
@@ -160,7 +171,9 @@ class VideoTeacher:
             raise ValueError(f"noisy must have shape (B, F, c, h, w), got {tuple(noisy.shape)}")
         b = noisy.shape[0]
         if t.shape != (b,) or emb.shape[0] != b:
-            raise ValueError(f"t must be ({b},) and emb ({b}, L, D), got {tuple(t.shape)} and {tuple(emb.shape)}")
+            raise ValueError(
+                f"t must be ({b},) and emb ({b}, L, D), got {tuple(t.shape)} and {tuple(emb.shape)}"
+            )
         x = noisy.to(self.device).float()
         kwargs: dict[str, Any] = {}
         if self.fps_input:
@@ -176,8 +189,10 @@ class VideoTeacher:
         return eps_from_prediction(pred, x, a_t, self.prediction_type)
 
     def offload(self) -> None:
-        """Weights to the CPU while another teacher runs (the prompt cache stays)."""
-        for m in (self.unet, self.vae, self.text_encoder):
+        """UNet and text encoder to the CPU while another teacher runs. The VAE (small) stays:
+        the graph of an ``encode`` whose loss has not been backpropagated yet holds its weights,
+        and moving them would break that backward. The prompt cache stays too."""
+        for m in (self.unet, self.text_encoder):
             m.to("cpu")
         self.active = False
 

@@ -164,6 +164,7 @@ def _static_batch(
     supersample: int,
     device: torch.device | str,
     sampler: Stage1CameraSampler | None,
+    moving_prob: float = 0.0,
 ) -> ToyBatch:
     H, W = _hw(res)
     pairs = _pairs(batch, ALL_PAIRS, generator)
@@ -174,6 +175,15 @@ def _static_batch(
     tokens = torch.stack([p.tokens() for p in prompts])
     tokens[:, 2] = _motion_tokens(batch, static_token_prob, generator)
     tau = torch.zeros(batch, views)
+    if moving_prob > 0:  # frames of moving objects (never a held-out pair), motion token set
+        moving = (torch.rand(batch, generator=generator) < moving_prob).tolist()
+        motion = _randint(len(MOTIONS), batch, generator).tolist()
+        pair = _randint(len(TRAIN_PAIRS), batch, generator).tolist()
+        times = torch.rand(batch, generator=generator)
+        for i in (i for i in range(batch) if moving[i]):
+            prompts[i] = ToyPrompt(*TRAIN_PAIRS[pair[i]], MOTIONS[motion[i]])
+            tokens[i] = prompts[i].tokens()
+            tau[i] = times[i]
     images, alpha = render_sequences(prompts, cams, tau, bg, supersample)
     return ToyBatch(
         images, alpha, tokens.to(device), cams, tau.to(device), bg.to(device), prompts, _views(cams)
@@ -188,11 +198,18 @@ def sample_image_batch(
     supersample: int = 1,
     device: torch.device | str = "cpu",
     cameras: Stage1CameraSampler | None = None,
+    moving_prob: float = 0.0,
 ) -> ToyBatch:
     """Static objects, one stage-1 camera each: images (B, 1, 3, H, W); any (colour, shape);
     motion token static with probability ``static_token_prob``, else null. ``cameras``
-    overrides the stage-1 distribution (its views and size are set here)."""
-    return _static_batch(batch, res, 1, generator, static_token_prob, supersample, device, cameras)
+    overrides the stage-1 distribution (its views and size are set here).
+
+    ``moving_prob`` > 0 mixes in single frames of moving objects (pairs of TRAIN_PAIRS only) at
+    a random τ with their motion token, so that an image teacher also knows what "a red cube
+    swaying" looks like in one frame (the image DM of stage 2 sees the motion prompt)."""
+    return _static_batch(
+        batch, res, 1, generator, static_token_prob, supersample, device, cameras, moving_prob
+    )
 
 
 def sample_multiview_batch(
