@@ -113,7 +113,9 @@ def eval_sh(degree: int, sh: Tensor, dirs: Tensor) -> Tensor:
     if not 0 <= degree <= 3:
         raise ValueError(f"SH degree must be in 0..3, got {degree}")
     if sh.ndim < 2 or sh.shape[-1] != 3 or sh.shape[-2] < (degree + 1) ** 2:
-        raise ValueError(f"sh must have shape (..., K>={(degree + 1) ** 2}, 3), got {tuple(sh.shape)}")
+        raise ValueError(
+            f"sh must have shape (..., K>={(degree + 1) ** 2}, 3), got {tuple(sh.shape)}"
+        )
     if dirs.shape[-1] != 3:
         raise ValueError(f"dirs must have shape (..., 3), got {tuple(dirs.shape)}")
     out = SH_C0 * sh[..., 0, :]
@@ -260,7 +262,9 @@ def _check_background(background, C: int, H: int, W: int, like: Tensor) -> Tenso
         return bg[:, :, None, None]
     if bg.shape == (C, 3, H, W):
         return bg
-    raise ValueError(f"background must be a float, (3,), ({C}, 3) or ({C}, 3, {H}, {W}), got {_shape(bg)}")
+    raise ValueError(
+        f"background must be a float, (3,), ({C}, 3) or ({C}, 3, {H}, {W}), got {_shape(bg)}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,9 +313,9 @@ def _project(s: _Scene) -> _Projected:
     uc = torch.minimum(torch.maximum(u, -lim_xn), lim_xp)
     vc = torch.minimum(torch.maximum(v, -lim_yn), lim_yp)
     zero = torch.zeros_like(z)
-    J = torch.stack(
-        [fx / z, zero, -fx * uc / z, zero, fy / z, -fy * vc / z], dim=-1
-    ).reshape(*z.shape, 2, 3)  # (C, N, 2, 3)
+    J = torch.stack([fx / z, zero, -fx * uc / z, zero, fy / z, -fy * vc / z], dim=-1).reshape(
+        *z.shape, 2, 3
+    )  # (C, N, 2, 3)
 
     if s.quats is None:  # axis-aligned: R S = diag(s)
         M = torch.diag_embed(s.scales)  # (N, 3, 3)
@@ -446,7 +450,7 @@ class _CompositeSlice(torch.autograd.Function):
     @staticmethod
     def forward(ctx, quad_t, feats, trans, basis):  # (Ta, 6, S), (Ta, S, D), (Ta, P), (P, 6)
         alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
-        w = u.div_(one_minus).sub_(u * one_minus)  # = u·α/(1 − α), without a second buffer
+        w = torch.div(u, one_minus).sub_(u)  # = u·α/(1 − α) = α·T before the Gaussian
         ctx.save_for_backward(quad_t, feats, trans, basis)
         return w @ feats, t_out
 
@@ -454,7 +458,7 @@ class _CompositeSlice(torch.autograd.Function):
     def backward(ctx, g_out, g_t):  # (Ta, P, D), (Ta, P)
         quad_t, feats, trans, basis = ctx.saved_tensors
         alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
-        w = u / one_minus - u  # (Ta, P, S)
+        w = torch.div(u, one_minus).sub_(u)  # (Ta, P, S)
         g_w = g_out @ feats.transpose(1, 2)  # (Ta, P, S)
         g_feats = w.transpose(1, 2) @ g_out  # (Ta, S, D)
         gw = g_w * w
@@ -552,7 +556,9 @@ def _gsplat():
         from gsplat.cuda import _wrapper
         from gsplat.cuda._backend import _C
     except Exception as e:  # noqa: BLE001 - any failure means "not available"
-        warnings.warn(f"gsplat unavailable ({type(e).__name__}: {e}); using the torch renderer", stacklevel=3)
+        warnings.warn(
+            f"gsplat unavailable ({type(e).__name__}: {e}); using the torch renderer", stacklevel=3
+        )
         return None
     if _C is None:
         return None
@@ -600,7 +606,15 @@ def _render_gsplat(s: _Scene) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     _, isect_ids, flatten_ids = gs.isect_tiles(means2d, radii, depths, TILE, tw, th)
     offsets = gs.isect_offset_encode(isect_ids, C, tw, th)
     out, alpha = gs.rasterize_to_pixels(
-        means2d, conics, feats, s.opacity.expand(C, N).contiguous(), W, H, TILE, offsets, flatten_ids
+        means2d,
+        conics,
+        feats,
+        s.opacity.expand(C, N).contiguous(),
+        W,
+        H,
+        TILE,
+        offsets,
+        flatten_ids,
     )  # (C, H, W, 4), (C, H, W, 1)
     out = out.permute(0, 3, 1, 2)
     return out[:, :3], out[:, 3:4], alpha.permute(0, 3, 1, 2), means2d, radii.amax(-1)
@@ -622,7 +636,9 @@ def _choose_backend(backend: str, means: Tensor) -> str:
         if means.dtype != torch.float32:
             raise ValueError(f"backend 'gsplat' needs float32 tensors, got {means.dtype}")
         if _gsplat() is None:
-            raise RuntimeError(f"backend 'gsplat' requested but gsplat=={GSPLAT_VERSION} is not usable")
+            raise RuntimeError(
+                f"backend 'gsplat' requested but gsplat=={GSPLAT_VERSION} is not usable"
+            )
         return "gsplat"
     return "gsplat" if cuda and means.dtype == torch.float32 and _gsplat() is not None else "torch"
 
