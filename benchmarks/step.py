@@ -11,12 +11,14 @@ and a Zeroscope/ModelScope-sized ``UNet3DConditionModel``, all in bf16 on CUDA.
   negative prompt ω_neg 0.8, motion amplification ω_ma 24) + the image teacher on 4 frames of each
   clip; one backward into the (4, 16, 3, 160, 256) frames.
 
-Options compared: ``grad_frames`` (encoder backprop through k of 16 frames), offloading idle
-teachers' UNet and text encoder to the CPU, and gradient checkpointing of the VAE encoders.
+Options compared: ``grad_frames`` (encoder backprop through k of 16 frames), offloading (each
+teacher activated, its loss backpropagated, then its weights offloaded to the CPU; the
+transfers dominate), and gradient checkpointing of the VAE encoders (``--breakdown`` also times
+each encoder's forward+backward and each batched UNet call alone).
 Printed figures are seconds per step (mean over ``--iters`` after ``--warmup``) and the peak of
 ``torch.cuda.max_memory_allocated`` during those steps (weights included).
 
-    PYTHONPATH=src python benchmarks/step.py [--stage 1|2|all] [--iters 3]
+    PYTHONPATH=src python benchmarks/step.py [--stage 1|2|all] [--warmup 2] [--iters 5] [--breakdown]
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def generate(
         Asset.from_cloud(cloud, motion=None, prompts=[prompt], config=cfg.to_dict()).save(stage1_path)
 
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
-    motion = Motion([new_segment(cfg.stage2, "base", prompt, device)])
+    motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
     motion = run_stage2(
         prompt, cfg.stage2, cloud, motion, teachers, ctx, seed=cfg.seed + 1,
         grad_frames=cfg.teachers.grad_frames,
@@ -165,7 +165,7 @@ def animate(
     device = resolve_device(cfg.device)
     ctx = _context(cfg, out, device, progress, callback)
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
-    motion = Motion([new_segment(cfg.stage2, "base", prompt, device)])
+    motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
     motion = run_stage2(
         prompt, cfg.stage2, cloud.to(device), motion, teachers, ctx, seed=cfg.seed + 1,
         grad_frames=cfg.teachers.grad_frames,
@@ -208,7 +208,7 @@ def extend(
     for seg in motion.segments:
         seg.field.to(device)
     kind = "loop" if loop else "extend" if motion.segments else "base"
-    motion.segments.append(new_segment(cfg.stage2, kind, prompt, device))
+    motion.segments.append(new_segment(cfg.stage2, kind, prompt, device, seed=cfg.seed + len(motion.segments)))
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
     motion = run_stage2(
         prompt, cfg.stage2, obj.cloud.to(device), motion, teachers, ctx, seed=cfg.seed + 11,

@@ -57,7 +57,7 @@ GSPLAT_VERSION = "1.5.3"
 # torch backend: tile size, Gaussians per tile per depth slice, and the most
 # (tile-pixel × Gaussian) elements evaluated at once (the memory bound: a slice keeps only
 # its inputs for the backward pass and recomputes the rest)
-_TILE = 16
+_TILE = 8
 _SLICE = 64
 _CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
 
@@ -409,9 +409,9 @@ def _bin_tiles(p: _Projected, width: int, height: int, tile: int) -> _Bins:
 
 
 def _pixel_basis(tile: int, dtype, device) -> Tensor:
-    """(P, 6) quadratic monomials of the tile-local pixel centres: lx², lx·ly, ly², lx, ly, 1
-    (P = tile², row-major)."""
-    lin = torch.arange(tile, dtype=dtype, device=device) + 0.5
+    """(P, 6) quadratic monomials of the pixel centres relative to the tile centre:
+    lx², lx·ly, ly², lx, ly, 1 (P = tile², row-major)."""
+    lin = torch.arange(tile, dtype=dtype, device=device) + 0.5 - tile / 2
     ly, lx = torch.meshgrid(lin, lin, indexing="ij")
     lx, ly = lx.reshape(-1), ly.reshape(-1)
     return torch.stack([lx * lx, lx * ly, ly * ly, lx, ly, torch.ones_like(lx)], dim=-1)
@@ -419,8 +419,8 @@ def _pixel_basis(tile: int, dtype, device) -> Tensor:
 
 def _neg_quadric(m: Tensor, conic: Tensor, log_o: Tensor) -> Tensor:
     """Coefficients q (..., 6) with basis·q = log o − ½ dᵀΣ'⁻¹d = log α (before clamping) at
-    the basis pixels, for means m (..., 2) relative to the tile origin. Expanding the quadratic
-    form lets one matmul evaluate every (pixel, Gaussian) pair of a slice; tile-local
+    the basis pixels, for means m (..., 2) relative to the tile centre. Expanding the quadratic
+    form lets one matmul evaluate every (pixel, Gaussian) pair of a slice; tile-centred
     coordinates keep the cancellation small in float32."""
     a, b, c = conic.unbind(-1)
     mx, my = m.unbind(-1)
@@ -431,7 +431,8 @@ def _neg_quadric(m: Tensor, conic: Tensor, log_o: Tensor) -> Tensor:
 def _slice_alpha(quad_t: Tensor, trans: Tensor, basis: Tensor):
     """quad_t (Ta, 6, S), trans (Ta, P) -> alpha, 1 − alpha, u = T·[T > T_MIN] after each
     Gaussian, all (Ta, P, S); and the transmittance behind the slice (Ta, P)."""
-    alpha = torch.exp(basis @ quad_t)  # (Ta, P, S)
+    # clamping log α first keeps exp away from subnormal results, which are ~15× slower on CPUs
+    alpha = torch.exp((basis @ quad_t).clamp_(min=-20.0))  # (Ta, P, S)
     alpha = torch.nn.functional.threshold(alpha, ALPHA_MIN, 0.0).clamp_(max=ALPHA_MAX)
     one_minus = 1.0 - alpha
     t_incl = torch.cumprod(one_minus, dim=-1).mul_(trans[..., None])
@@ -443,35 +444,35 @@ def _slice_alpha(quad_t: Tensor, trans: Tensor, basis: Tensor):
 
 class _CompositeSlice(torch.autograd.Function):
     """Front-to-back compositing of one depth slice of Ta tiles (eq. 2), w_s = α_s T_s where
-    T_s = T_in Π_{j<s} (1 − α_j). Forward returns (Σ_s w_s f_s (Ta, P, D), T behind the slice).
+    T_s = T_in Π_{j<s} (1 − α_j). Forward returns (Σ_s f_s w_s (Ta, D, P), T behind the slice).
     Only the inputs are kept; the backward recomputes the slice and applies
-    ∂L/∂α_k = (g_k T_k (1 − α_k) − Σ_{s>k} g_s w_s − G_T T_out) / (1 − α_k), g = ∂L/∂w."""
+    ∂L/∂α_k = (g_k T_k (1 − α_k) − Σ_{s>k} g_s w_s − G_T T_out) / (1 − α_k), g = ∂L/∂w.
+    (The matmuls are arranged so that the short feature axis D is never the output's last.)"""
 
     @staticmethod
-    def forward(ctx, quad_t, feats, trans, basis):  # (Ta, 6, S), (Ta, S, D), (Ta, P), (P, 6)
+    def forward(ctx, quad_t, feats_t, trans, basis):  # (Ta, 6, S), (Ta, D, S), (Ta, P), (P, 6)
         alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
         w = torch.div(u, one_minus).sub_(u)  # = u·α/(1 − α) = α·T before the Gaussian
-        ctx.save_for_backward(quad_t, feats, trans, basis)
-        return w @ feats, t_out
+        ctx.save_for_backward(quad_t, feats_t, trans, basis)
+        return feats_t @ w.transpose(1, 2), t_out
 
     @staticmethod
-    def backward(ctx, g_out, g_t):  # (Ta, P, D), (Ta, P)
-        quad_t, feats, trans, basis = ctx.saved_tensors
+    def backward(ctx, g_out, g_t):  # (Ta, D, P), (Ta, P)
+        quad_t, feats_t, trans, basis = ctx.saved_tensors
         alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
         w = torch.div(u, one_minus).sub_(u)  # (Ta, P, S)
-        g_w = g_out @ feats.transpose(1, 2)  # (Ta, P, S)
-        g_feats = w.transpose(1, 2) @ g_out  # (Ta, S, D)
-        gw = g_w * w
-        tail = torch.cumsum(gw, dim=-1)  # Σ_{s<=k} g_s w_s
+        g_w = g_out.transpose(1, 2) @ feats_t  # (Ta, P, S)
+        g_feats_t = g_out @ w  # (Ta, D, S)
+        tail = torch.cumsum(g_w * w, dim=-1)  # Σ_{s<=k} g_s w_s
         total = tail[..., -1] + g_t * t_out  # (Ta, P)
         tail = tail.neg_().add_(total[..., None])  # Σ_{s>k} g_s w_s + G_T T_out
         g_alpha = g_w.mul_(u).sub_(tail).div_(one_minus)
-        # dα/dlogα = α where 1/255 <= α < 0.999 (skipped and clamped ones: 0)
+        # dα/dlog α = α where 1/255 <= α < 0.999 (skipped and clamped ones: 0)
         dalpha = torch.nn.functional.threshold(alpha.neg_(), -ALPHA_MAX, 0.0)
         g_log_alpha = g_alpha.mul_(dalpha).neg_()  # (Ta, P, S)
         g_quad_t = basis.transpose(0, 1) @ g_log_alpha  # (Ta, 6, S)
         g_trans = total / trans.clamp_min(1e-30)
-        return g_quad_t, g_feats, g_trans, None
+        return g_quad_t, g_feats_t, g_trans, None
 
 
 def _rasterize_torch(
@@ -487,20 +488,20 @@ def _rasterize_torch(
     V = bins.vis.numel()
 
     # one row per drawn Gaussian, plus a null row (α = 0) that pads the slices
-    def rows(t: Tensor, fill: float) -> Tensor:
-        flat = t.reshape(C * N, -1)[bins.vis]
+    def rows(t: Tensor, fill: float) -> Tensor:  # (C, N, k) -> (V+1, k)
+        flat = t.reshape(C * N, t.shape[-1])[bins.vis]
         return torch.cat([flat, flat.new_full((1, flat.shape[1]), fill)])
 
     m_r = rows(p.means2d, 0.0)  # (V+1, 2)
     conic_r = rows(p.conics, 0.0)  # (V+1, 3)
-    logo_r = rows(torch.log(opacity.clamp_min(1e-30)).expand(C, N), -1e4)[:, 0]  # (V+1,)
+    logo_r = rows(torch.log(opacity.clamp_min(1e-30)).expand(C, N)[..., None], -1e4)[:, 0]
     feat_r = rows(feats, 0.0)  # (V+1, D)
     basis = _pixel_basis(tile, dtype, device)  # (P, 6)
 
     # full-tile pixels outside the image start "done" (T = 0) and never get weight
     tile_ids = torch.arange(n_tiles, device=device)
     tx, ty = tile_ids % tw, torch.div(tile_ids, tw, rounding_mode="floor") % th
-    origin = torch.stack([tx, ty], -1).to(dtype) * tile  # (n_tiles, 2)
+    centre = (torch.stack([tx, ty], -1).to(dtype) + 0.5) * tile  # (n_tiles, 2)
     lin = torch.arange(tile, device=device)
     px = (tx[:, None, None] * tile + lin[None, None, :]).expand(-1, tile, tile)
     py = (ty[:, None, None] * tile + lin[None, :, None]).expand(-1, tile, tile)
@@ -526,9 +527,10 @@ def _rasterize_torch(
             in_list = pos[None] < counts[act, None]  # (Ta, S)
             idx = (bins.offsets[act, None] + pos[None]).clamp_max(max(M - 1, 0))
             g = torch.where(in_list, bins.ids[idx], V)  # (Ta, S) rows, V = null
-            quad = _neg_quadric(m_r[g] - origin[act, None], conic_r[g], logo_r[g])  # (Ta, S, 6)
-            contrib, trans = _CompositeSlice.apply(quad.transpose(1, 2), feat_r[g], trans, basis)
-            acc = contrib if acc is None else acc + contrib  # (Ta, P, D)
+            quad = _neg_quadric(m_r[g] - centre[act, None], conic_r[g], logo_r[g])  # (Ta, S, 6)
+            feats_t = feat_r[g].transpose(1, 2)  # (Ta, D, S)
+            contrib, trans = _CompositeSlice.apply(quad.transpose(1, 2), feats_t, trans, basis)
+            acc = contrib if acc is None else acc + contrib  # (Ta, D, P)
             k += 1
             going = (counts[act] > k * S) & (trans > T_MIN).any(1)  # (Ta,)
             if not bool(going.all()):
@@ -536,10 +538,12 @@ def _rasterize_torch(
                 done_out.append(acc[~going])
                 act, acc, trans = act[going], acc[going], trans[going]
 
-    out = torch.zeros(n_tiles, P, D, dtype=dtype, device=device)
+    out = torch.zeros(n_tiles, D, P, dtype=dtype, device=device)
     if done_ids:
         out = out.index_copy(0, torch.cat(done_ids), torch.cat(done_out))
-    out = out.reshape(C, th, tw, tile, tile, D).permute(0, 5, 1, 3, 2, 4)
+    elif feat_r.requires_grad:  # nothing drawn: keep the image in the graph (zero gradients)
+        out = out + feat_r[:0].sum()
+    out = out.reshape(C, th, tw, D, tile, tile).permute(0, 3, 1, 4, 2, 5)
     return out.reshape(C, D, th * tile, tw * tile)[:, :, :height, :width]
 
 
@@ -640,7 +644,9 @@ def _choose_backend(backend: str, means: Tensor) -> str:
                 f"backend 'gsplat' requested but gsplat=={GSPLAT_VERSION} is not usable"
             )
         return "gsplat"
-    return "gsplat" if cuda and means.dtype == torch.float32 and _gsplat() is not None else "torch"
+    if not cuda or means.dtype != torch.float32 or means.shape[-2] == 0:
+        return "torch"
+    return "gsplat" if _gsplat() is not None else "torch"
 
 
 def rasterize(

@@ -339,8 +339,12 @@ def image_frame_indices(batch: int, frames: int, k: int, generator: torch.Genera
     return torch.stack(out)
 
 
-def new_segment(cfg: Stage2Config, kind: str, prompt: str, device) -> Segment:
-    field_ = DeformationField(DeformationConfig(hidden=cfg.hidden, layers=cfg.layers, frequencies=cfg.frequencies))
+def new_segment(cfg: Stage2Config, kind: str, prompt: str, device, seed: int = 0) -> Segment:
+    """A fresh deformation field (identity: its last layer is zero), initialised from ``seed``
+    without touching the global RNG, so a resumed run builds the same field."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        field_ = DeformationField(DeformationConfig(hidden=cfg.hidden, layers=cfg.layers, frequencies=cfg.frequencies))
     return Segment(field=field_.to(device), kind=kind, prompt=prompt)
 
 

@@ -663,7 +663,8 @@ class MVDreamTeacher:
         dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> MVDreamTeacher:
-        """From a state dict in the official ldm layout (see the module docstring)."""
+        """From a state dict in the official ldm layout (see the module docstring). Without a
+        tokenizer, SD 2.1's is loaded from the Hugging Face cache."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -677,7 +678,7 @@ class MVDreamTeacher:
         text = convert_open_clip_text(state, arch)
         text_encoder = CLIPTextModel(arch.text_config())
         text_encoder.load_state_dict(_fit_prefix(text, text_encoder), strict=True)
-        tokenizer = tokenizer or ByteTokenizer(arch.text_vocab, arch.text_context)
+        tokenizer = tokenizer or sd_tokenizer()
         kwargs.setdefault("image_size", arch.image_size)
         return cls(
             unet,
@@ -746,12 +747,7 @@ class MVDreamTeacher:
                 return cls.from_diffusers(
                     model_id, device, dtype, tokenizer=tokenizer, **hub, **kwargs
                 )
-        if tokenizer is None:
-            from transformers import CLIPTokenizer
-
-            tokenizer = load_component(
-                CLIPTokenizer.from_pretrained, tokenizer_id, "tokenizer", **hub
-            )
+        tokenizer = tokenizer or sd_tokenizer(tokenizer_id, **hub)
         return cls.from_checkpoint(ckpt, arch, tokenizer, device, dtype, **kwargs)
 
     @classmethod
@@ -883,6 +879,13 @@ class MVDreamTeacher:
     def _ensure_active(self) -> None:
         if not self.active:
             self.activate()
+
+
+def sd_tokenizer(model_id: str = DEFAULT_TOKENIZER_ID, **hub: Any) -> Any:
+    """SD 2.1's CLIP tokenizer (OpenCLIP's BPE vocabulary, 77 tokens, padded with id 0)."""
+    from transformers import CLIPTokenizer
+
+    return load_component(CLIPTokenizer.from_pretrained, model_id, "tokenizer", **hub)
 
 
 def _load_weights(model_id: str, subfolder: str, hub: Mapping[str, Any]) -> dict[str, Tensor]:

@@ -23,8 +23,10 @@ config and a checksum in the metadata), ``report.json``, ``samples.png``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -104,6 +106,7 @@ class TrainConfig:
     guidance: float = 4.0
     samples_per_prompt: int = 4
     render_chunk: int = 8192  # frames rendered per call (dataset pre-rendering)
+    render_frac: float = 0.3  # at most this share of a net's budget goes to rendering its data
     threads: int = 2  # torch CPU threads per process
 
     def net_list(self) -> list[str]:
@@ -144,7 +147,7 @@ class Dataset:
 
 def _sampler(name: str, cfg: TrainConfig):
     """(function(batch, generator) -> ToyBatch, frames per sequence) of a net's data."""
-    ss, dev = cfg.supersample, cfg.device
+    ss, dev = cfg.supersample, "cpu"  # cameras on the CPU; see device_rendering
     if name in ("image", "multiview"):
         net = default_config(name)
         fn = toydata.sample_image_batch if name == "image" else toydata.sample_multiview_batch
@@ -175,35 +178,60 @@ def _sampler(name: str, cfg: TrainConfig):
     )
 
 
-def render_dataset(name: str, size: int, cfg: TrainConfig, generator: torch.Generator) -> Dataset:
-    """Render ``size`` sequences for net ``name`` in chunks of ~render_chunk frames."""
+@contextlib.contextmanager
+def device_rendering(device: torch.device):
+    """Let the samplers of ``toyworld.data`` draw cameras on the CPU while the analytic renderer
+    runs on ``device``. The samplers look at every camera from Python (view words, per-frame
+    camera picks) and the renderer builds each frame's colour tensor; on a GPU each of those
+    small host<->device copies synchronises, which made rendering many times slower than its
+    arithmetic. So, inside the block: cameras move to ``device`` only in ``render_sequences``,
+    colour tones are cached, and the renderer marches 1M rays at a time."""
+    orig = (toydata.render_sequences, toyscene.colour_tones, toyscene._RAY_CHUNK)
+
+    def render_on_device(prompts, cameras, tau, background, supersample=1):
+        return orig[0](prompts, cameras.to(device), tau, background, supersample)
+
+    if device.type != "cpu":
+        toydata.render_sequences = render_on_device
+        toyscene.colour_tones = functools.lru_cache(maxsize=64)(orig[1])
+        toyscene._RAY_CHUNK = 1 << 20
+    try:
+        yield
+    finally:
+        toydata.render_sequences, toyscene.colour_tones, toyscene._RAY_CHUNK = orig
+
+
+def render_dataset(
+    name: str, size: int, cfg: TrainConfig, generator: torch.Generator, budget_s: float = math.inf
+) -> Dataset:
+    """Render ``size`` sequences for net ``name`` in chunks of ~render_chunk frames, stopping
+    early (with a note) once ``budget_s`` seconds have passed."""
     sample, frames = _sampler(name, cfg)
+    device = torch.device(cfg.device)
     chunk = max(1, cfg.render_chunk // frames)
     parts: list[Dataset] = []
     done = 0
-    while done < size:
-        b = min(chunk, size - done)
-        tb = sample(b, generator)
-        images = (tb.images * 255.0).round().to(torch.uint8)
-        cams = None
-        if name == "multiview":
-            cams = camera_features(tb.cameras.c2w, tb.cameras.fov, frames)
-        labels = None
-        if name == "appearance":
-            labels = torch.stack([tb.colour_labels, tb.shape_labels], dim=1)
-        elif name == "motion":
-            labels = tb.motion_labels
-        dev = images.device
-        parts.append(
-            Dataset(
-                images,
-                tb.tokens.to(dev),
-                cams,
-                None if tb.fps is None else tb.fps.float().to(dev),
-                None if labels is None else labels.to(dev),
-            )
-        )
-        done += b
+    t0 = time.perf_counter()
+    with device_rendering(device):
+        while done < size:
+            if done > 0 and time.perf_counter() - t0 > budget_s:
+                log(name, f"render budget spent after {done} of {size} sequences")
+                break
+            b = min(chunk, size - done)
+            tb = sample(b, generator)
+            images = (tb.images * 255.0).round().to(device=device, dtype=torch.uint8)
+            cams = None
+            if name == "multiview":
+                cams = camera_features(tb.cameras.c2w, tb.cameras.fov, frames).to(device)
+            labels = None
+            if name == "appearance":
+                labels = torch.stack([tb.colour_labels, tb.shape_labels], dim=1)
+            elif name == "motion":
+                labels = tb.motion_labels
+            fps = None if tb.fps is None else tb.fps.float().to(device)
+            labels = None if labels is None else labels.to(device)
+            parts.append(Dataset(images, tb.tokens.to(device), cams, fps, labels))
+            done += b
     cat = lambda xs: None if xs[0] is None else torch.cat(xs)  # noqa: E731
     return Dataset(
         cat([p.images for p in parts]),
@@ -336,10 +364,9 @@ def train_net(name: str, cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed * 1000 + index)  # module initialisation only
 
     size = getattr(cfg, f"{name}_data")
-    data = render_dataset(name, size, cfg, cpu_gen)
-    val = render_dataset(
-        name, cfg.val_data, cfg, torch.Generator().manual_seed(cfg.seed * 1000 + index + 500)
-    )
+    val_gen = torch.Generator().manual_seed(cfg.seed * 1000 + index + 500)
+    val = render_dataset(name, cfg.val_data, cfg, val_gen)
+    data = render_dataset(name, size, cfg, cpu_gen, cfg.render_frac * cfg.budget_s)
     t_render = time.perf_counter() - t_start
     log(
         name,
@@ -363,8 +390,8 @@ def train_net(name: str, cfg: TrainConfig) -> dict:
         f"{n_params / 1e6:.2f}M params, up to {steps} steps of {batch_size}, {remaining:.0f}s left",
     )
 
-    history: list[tuple[int, float]] = []
-    running = None
+    history: list[tuple[int, float]] = []  # (step, mean loss of the last 100 steps)
+    loss_sum = torch.zeros((), device=device)
     step = 0
     t_train = time.perf_counter()
     while step < steps and sched.progress(step) < 1.0:
@@ -386,14 +413,16 @@ def train_net(name: str, cfg: TrainConfig) -> dict:
         with torch.no_grad():
             torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - decay)
         step += 1
-        if step % 100 == 0 or step == 1:
-            value = float(loss)
-            running = value if running is None else 0.9 * running + 0.1 * value
-            history.append((step, value))
+        loss_sum += loss.detach()
+        if step % 100 == 0:
+            history.append((step, float(loss_sum) / 100))  # one sync per 100 steps
+            loss_sum.zero_()
         if step % 1000 == 0:
             rate = step / (time.perf_counter() - t_train)
-            log(name, f"step {step} loss {running:.4f} lr {sched(step):.2e} {rate:.1f} it/s")
+            log(name, f"step {step} loss {history[-1][1]:.4f} lr {sched(step):.2e} {rate:.1f} it/s")
     t_loop = time.perf_counter() - t_train
+    tail = [v for _, v in history[-5:]]
+    running = sum(tail) / len(tail) if tail else float("nan")  # mean of the last 500 steps
     log(
         name,
         f"stopped after {step} steps ({t_loop:.0f}s, {step / max(t_loop, 1e-9):.1f} it/s), loss {running:.4f}",
