@@ -70,7 +70,9 @@ def test_elevation_90_is_well_defined(azimuth):
     torch.testing.assert_close(R.T @ R, torch.eye(3), atol=1e-6, rtol=0)
     torch.testing.assert_close(R[:, 2], torch.tensor([0.0, 0.0, -1.0]), atol=1e-6, rtol=0)
     a = math.radians(azimuth)
-    torch.testing.assert_close(R[:, 0], torch.tensor([-math.sin(a), math.cos(a), 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        R[:, 0], torch.tensor([-math.sin(a), math.cos(a), 0.0]), atol=1e-6, rtol=0
+    )
 
 
 def test_intrinsics_and_viewmats():
@@ -84,7 +86,9 @@ def test_intrinsics_and_viewmats():
     torch.testing.assert_close(K[:, 1, 2], torch.full((2,), 80.0))
     torch.testing.assert_close(K[:, 2], torch.tensor([[0.0, 0.0, 1.0]] * 2))
     assert K[:, 0, 1].abs().max() == 0 and K[:, 1, 0].abs().max() == 0
-    torch.testing.assert_close(cams.viewmats @ cams.c2w, torch.eye(4).expand(2, 4, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        cams.viewmats @ cams.c2w, torch.eye(4).expand(2, 4, 4), atol=1e-5, rtol=0
+    )
     torch.testing.assert_close(cams.viewmats, torch.linalg.inv(cams.c2w), atol=1e-5, rtol=0)
 
 
@@ -136,7 +140,9 @@ def test_stage1_sampler_statistics():
     dist = cams.distance.view(B, 4)
     for x in (fov, elev, dist):
         assert (x == x[:, :1]).all()  # shared by the 4 views
-    torch.testing.assert_close(wrap180(azim[:, 1:] - azim[:, :-1]), torch.full((B, 3), 90.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        wrap180(azim[:, 1:] - azim[:, :-1]), torch.full((B, 3), 90.0), atol=1e-3, rtol=0
+    )
     assert fov.min() >= 15 and fov.max() <= 60 and elev.min() >= 10 and elev.max() <= 45
     assert azim.min() >= 0 and azim.max() < 360
     scale = dist * torch.tan(torch.deg2rad(fov) / 2)
@@ -166,7 +172,9 @@ def test_stage2_sampler_statistics():
     assert a_off.min() >= -45 - 1e-3 and a_off.max() <= 45 + 1e-3
     ramp = torch.arange(F) / (F - 1)
     torch.testing.assert_close(elev, e0[:, None] + e_off[:, None] * ramp, atol=1e-4, rtol=0)
-    torch.testing.assert_close(wrap180(azim - (a0[:, None] + a_off[:, None] * ramp)), torch.zeros(B, F), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        wrap180(azim - (a0[:, None] + a_off[:, None] * ramp)), torch.zeros(B, F), atol=1e-3, rtol=0
+    )
     assert abs(fov[:, 0].mean() - 55) < 1.0 and abs(dist[:, 0].mean() - 2.25) < 0.05
     assert abs(e0.mean() - 17.5) < 1.5 and abs(a0.mean() - 180) < 8.0
     assert abs(e_off.mean() - 8.25) < 1.0 and abs(a_off.mean()) < 2.0

@@ -126,7 +126,9 @@ def test_xi_and_smoothstep():
     tau = torch.tensor([0.0, 0.5, 1.0])
     torch.testing.assert_close(xi(tau), torch.tensor([0.0, 0.5**0.35, 1.0]))
     assert xi(torch.tensor([-0.1])).item() == 0.0
-    torch.testing.assert_close(smoothstep(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([0.0, 0.5, 1.0]))
+    torch.testing.assert_close(
+        smoothstep(torch.tensor([0.0, 0.5, 1.0])), torch.tensor([0.0, 0.5, 1.0])
+    )
 
 
 def test_field_shape_errors():
@@ -202,7 +204,9 @@ def test_loop_matches_hand_computation_and_ends_on_first_pose():
     u = torch.tensor([0.7], dtype=torch.float64)
     s = 3 * 0.7**2 - 2 * 0.7**3
     expected = (1 - s) * canon1 + s * x0 + 0.3**0.35 * f1(canon1, u)[0]
-    torch.testing.assert_close(m.positions(x0, torch.tensor([1.2], dtype=torch.float64))[0], expected)
+    torch.testing.assert_close(
+        m.positions(x0, torch.tensor([1.2], dtype=torch.float64))[0], expected
+    )
     end = m.positions(x0, torch.tensor([m.duration, m.duration + 3.0], dtype=torch.float64))
     assert torch.equal(end[0], x0) and torch.equal(end[1], x0)
     pos, _ = m.positions_for_training(x0, torch.tensor([1.0], dtype=torch.float64))
@@ -230,7 +234,9 @@ def test_chain_is_continuous_at_joints_and_starts_at_canon(kinds):
             p = m.positions(x0, g)
             assert (p[1] - p[0]).abs().max() < 1e-4, (k, joint)
             assert (p[2] - p[1]).abs().max() < 1e-4, (k, joint)
-        torch.testing.assert_close(m.positions(x0, torch.tensor([s], dtype=torch.float64))[0], canons[k])
+        torch.testing.assert_close(
+            m.positions(x0, torch.tensor([s], dtype=torch.float64))[0], canons[k]
+        )
         # Without blending the chain would jump at the end of the overlap: the test has teeth.
         u = torch.tensor([1.0], dtype=torch.float64)
         prev_end = canons[k - 1] + m.fields[k - 1](canons[k - 1], u)[0]

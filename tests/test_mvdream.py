@@ -517,6 +517,39 @@ def test_diffusers_port_layout(tmp_path, checkpoint):
     assert t.image_size == 256  # MVDream's resolution unless told otherwise
 
 
+def test_diffusers_port_with_separate_camera_projection(tmp_path, teacher):
+    """A diffusers-layout UNet without class embedding plus a ``camera_proj/`` MLP (linear_1,
+    linear_2), as in the mvdream-diffusers port."""
+    from safetensors.torch import save_file
+
+    weights = teacher.unet.state_dict()
+    cfg = {
+        **TINY.unet_config(),
+        "class_embed_type": None,
+        "projection_class_embeddings_input_dim": None,
+    }
+    sd_unet = UNet2DConditionModel(**cfg)
+    sd_unet.load_state_dict(
+        {k: v for k, v in weights.items() if not k.startswith("class_embedding.")}
+    )
+    sd_unet.save_pretrained(tmp_path / "unet")
+    (tmp_path / "camera_proj").mkdir()
+    camera = {
+        k.removeprefix("class_embedding."): v.contiguous()
+        for k, v in weights.items()
+        if k.startswith("class_embedding.")
+    }
+    save_file(camera, str(tmp_path / "camera_proj" / "diffusion_pytorch_model.safetensors"))
+    teacher.vae.save_pretrained(tmp_path / "vae")
+    teacher.text_encoder.save_pretrained(tmp_path / "text_encoder")
+    t = MVDreamTeacher.from_pretrained(str(tmp_path), tokenizer=ByteTokenizer(TINY.text_vocab))
+    noisy, tt, emb, cond = _unet_inputs(teacher)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            t.predict_noise(noisy, tt, emb, cond), teacher.predict_noise(noisy, tt, emb, cond)
+        )
+
+
 def test_missing_model_offline_is_one_clear_line(tmp_path):
     with pytest.raises(TeacherNotAvailable) as err:
         MVDreamTeacher.from_pretrained("MVDream/MVDream", local_files_only=True, cache_dir=tmp_path)

@@ -339,17 +339,23 @@ def test_per_camera_means_equal_separate_renders():
 # finite differences
 
 
-def test_gradients_match_finite_differences():
-    sc = random_scene(4, 2, sh_degree=2, seed=7)
+@pytest.mark.parametrize("sh_degree, per_camera", [(2, False), (None, True)])
+def test_gradients_match_finite_differences(sh_degree, per_camera):
+    """Float64 central differences of a random linear function of rgb, alpha and depth, w.r.t.
+    means, scales, quats, opacity and colours (RGB) / SH coefficients, and the background."""
+    sc = random_scene(4, 2, per_camera=per_camera, sh_degree=sh_degree, seed=7)
     cams = look_at_cameras([10.0, 30.0], [20.0, 200.0], 2.0, 40.0, 16, 12)
     names = ["means", "scales", "quats", "opacity", "colors"]
+    bg = torch.tensor([[0.2, 0.4, 0.6], [1.0, 0.5, 0.0]], dtype=torch.float64)
     probe = rasterize(**sc | {"cameras": cams}, backend="torch")
     loss = _loss_weights(probe, seed=2)
 
     def f(*params):
-        return loss(rasterize(*params, cams, sh_degree=2, backend="torch"))
+        *gauss, background = params
+        out = rasterize(*gauss, cams, sh_degree=sh_degree, background=background, backend="torch")
+        return loss(out)
 
-    inputs = tuple(sc[k].clone().requires_grad_() for k in names)
+    inputs = tuple(sc[k].clone().requires_grad_() for k in names) + (bg.requires_grad_(),)
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
@@ -397,7 +403,8 @@ def test_gaussian_visibility():
     torch.testing.assert_close(gaussian_visibility(per, scales, None, opacity, cams), vis)
 
 
-def test_visibility_matches_brute_force_transmittance():
+def test_visibility_matches_brute_force_transmittance(monkeypatch):
+    monkeypatch.setattr(render_module, "_CHUNK_ELEMENTS", {"cpu": 256 * 7, "cuda": 256 * 7})
     sc = random_scene(40, 2, per_camera=True, sh_degree=None, seed=11)
     cams = sc["cameras"]
     vis = gaussian_visibility(sc["means"], sc["scales"], sc["quats"], sc["opacity"], cams)

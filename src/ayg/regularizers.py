@@ -15,7 +15,9 @@ from torch import Tensor
 
 def _diag_gaussian_kl(mu_p: Tensor, var_p: Tensor, mu_q: Tensor, var_q: Tensor) -> Tensor:
     """KL(N(mu_p, diag var_p) || N(mu_q, diag var_q)), summed over the last dim."""
-    return 0.5 * (var_p / var_q + (mu_q - mu_p).square() / var_q - 1.0 + torch.log(var_q / var_p)).sum(-1)
+    return 0.5 * (
+        var_p / var_q + (mu_q - mu_p).square() / var_q - 1.0 + torch.log(var_q / var_p)
+    ).sum(-1)
 
 
 def jsd_regularizer(means0: Tensor, means_t: Tensor, eps: float = 1e-8) -> Tensor:
@@ -109,7 +111,7 @@ class _ChunkedRigidity(torch.autograd.Function):
         return grad, None, None, None
 
 
-def rigidity_loss(delta: Tensor, knn: Tensor, chunk: int = 8192) -> Tensor:
+def rigidity_loss(delta: Tensor, knn: Tensor, chunk: int = 4096) -> Tensor:
     """L_Rigidity of eq. 5 (C.4): (1/k) Σ_i ‖Δ − Δ_NN_i‖², averaged over Gaussians and times.
 
     delta (T, N, 3) displacements; knn (N, k) neighbour indices from ``knn_indices`` on the

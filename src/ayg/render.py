@@ -8,11 +8,13 @@ Gaussians front to back, C = Σ_i c_i α_i Π_{j<i} (1 − α_j) with α_i = o_i
 
 Two backends share these maths and give the same outputs:
 
-* ``torch``: pure PyTorch (CPU or GPU). Gaussians are binned to 16×16 tiles by their screen
-  boxes and sorted by depth; each tile composites depth slices of a fixed number of Gaussians
-  at a time, carrying transmittance between slices, so memory is bounded by the slice size
-  (slices are recomputed in the backward pass when the render is large). Autograd gives the
-  gradients.
+* ``torch``: pure PyTorch (CPU or GPU). The projection is plain autograd. Gaussians are binned
+  to 8×8 tiles by their screen boxes and sorted by depth; each tile composites depth slices
+  of 64 Gaussians at a time (one matmul evaluates log α for every pixel × Gaussian pair of a
+  slice), carrying transmittance between slices and retiring a tile once every pixel is
+  opaque or its list is spent. A custom autograd function keeps only each slice's incoming
+  transmittance and recomputes the slice in the backward pass (front-to-back compositing has
+  a closed-form gradient), so memory is bounded by the slice size, not the scene.
 * ``gsplat``: gsplat 1.5.3's CUDA kernels (projection, SH, tiling, rasterisation).
 
 The details follow gsplat 1.5.3 ("classic" mode) so that the two agree to float precision:
@@ -55,8 +57,8 @@ BACKENDS = ("auto", "torch", "gsplat")
 GSPLAT_VERSION = "1.5.3"
 
 # torch backend: tile size, Gaussians per tile per depth slice, and the most
-# (tile-pixel × Gaussian) elements evaluated at once (the memory bound: a slice keeps only
-# its inputs for the backward pass and recomputes the rest)
+# (pixel × Gaussian) pairs of one slice evaluated at once, which bounds the working memory
+# (~10 float buffers of that size); tuned on a 2-core CPU and an H200
 _TILE = 8
 _SLICE = 64
 _CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
@@ -428,6 +430,25 @@ def _neg_quadric(m: Tensor, conic: Tensor, log_o: Tensor) -> Tensor:
     return torch.stack([-0.5 * a, -b, -0.5 * c, a * mx + b * my, c * my + b * mx, const], -1)
 
 
+def _neg_quadric_backward(g: Tensor, m: Tensor, conic: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Vector-Jacobian product of _neg_quadric: g (..., 6) -> grads of m, conic, log_o."""
+    a, b, c = conic.unbind(-1)
+    mx, my = m.unbind(-1)
+    g0, g1, g2, g3, g4, g5 = g.unbind(-1)
+    g_m = torch.stack(
+        [g3 * a + g4 * b - g5 * (a * mx + b * my), g3 * b + g4 * c - g5 * (c * my + b * mx)], -1
+    )
+    g_conic = torch.stack(
+        [
+            -0.5 * g0 + g3 * mx - 0.5 * g5 * mx * mx,
+            -g1 + g3 * my + g4 * mx - g5 * mx * my,
+            -0.5 * g2 + g4 * my - 0.5 * g5 * my * my,
+        ],
+        -1,
+    )
+    return g_m, g_conic, g5
+
+
 def _slice_alpha(quad_t: Tensor, trans: Tensor, basis: Tensor):
     """quad_t (Ta, 6, S), trans (Ta, P) -> alpha, 1 − alpha, u = T·[T > T_MIN] after each
     Gaussian, all (Ta, P, S); and the transmittance behind the slice (Ta, P)."""
@@ -442,37 +463,125 @@ def _slice_alpha(quad_t: Tensor, trans: Tensor, basis: Tensor):
     return alpha, one_minus, u, t_incl[..., -1]
 
 
-class _CompositeSlice(torch.autograd.Function):
-    """Front-to-back compositing of one depth slice of Ta tiles (eq. 2), w_s = α_s T_s where
-    T_s = T_in Π_{j<s} (1 − α_j). Forward returns (Σ_s f_s w_s (Ta, D, P), T behind the slice).
-    Only the inputs are kept; the backward recomputes the slice and applies
-    ∂L/∂α_k = (g_k T_k (1 − α_k) − Σ_{s>k} g_s w_s − G_T T_out) / (1 − α_k), g = ∂L/∂w.
-    (The matmuls are arranged so that the short feature axis D is never the output's last.)"""
+def _slice_forward(quad_t: Tensor, feats_t: Tensor, trans: Tensor, basis: Tensor):
+    """One depth slice of Ta tiles (eq. 2): w_s = α_s T_s, T_s = T_in Π_{j<s} (1 − α_j).
+    quad_t (Ta, 6, S), feats_t (Ta, D, S), trans (Ta, P) = T_in
+    -> Σ_s f_s w_s (Ta, D, P) and T behind the slice (Ta, P)."""
+    alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
+    w = torch.div(u, one_minus).sub_(u)  # = u·α/(1 − α) = α·T before the Gaussian
+    # (matmuls arranged so that the short feature axis D is never the output's last)
+    return feats_t @ w.transpose(1, 2), t_out
+
+
+def _slice_backward(quad_t, feats_t, trans, basis, g_out, g_t):
+    """Recomputes the slice and returns the grads of quad_t, feats_t and trans given those of
+    its outputs g_out (Ta, D, P) and g_t (Ta, P), with g = ∂L/∂w:
+    ∂L/∂α_k = (g_k T_k (1 − α_k) − Σ_{s>k} g_s w_s − G_T T_out) / (1 − α_k)."""
+    alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
+    w = torch.div(u, one_minus).sub_(u)  # (Ta, P, S)
+    g_w = g_out.transpose(1, 2) @ feats_t  # (Ta, P, S)
+    g_feats_t = g_out @ w  # (Ta, D, S)
+    tail = torch.cumsum(g_w * w, dim=-1)  # Σ_{s<=k} g_s w_s
+    total = tail[..., -1] + g_t * t_out  # (Ta, P)
+    tail = tail.neg_().add_(total[..., None])  # Σ_{s>k} g_s w_s + G_T T_out
+    g_alpha = g_w.mul_(u).sub_(tail).div_(one_minus)
+    # dα/dlog α = α where 1/255 <= α < 0.999 (skipped and clamped ones: 0)
+    dalpha = torch.nn.functional.threshold(alpha.neg_(), -ALPHA_MAX, 0.0)
+    g_log_alpha = g_alpha.mul_(dalpha).neg_()  # (Ta, P, S)
+    g_quad_t = basis.transpose(0, 1) @ g_log_alpha  # (Ta, 6, S)
+    g_trans = total / trans.clamp_min(1e-30)
+    return g_quad_t, g_feats_t, g_trans
+
+
+@dataclass
+class _Plan:
+    """What the torch rasteriser needs besides the per-Gaussian rows."""
+
+    bins: _Bins
+    basis: Tensor  # (P, 6)
+    centre: Tensor  # (n_tiles, 2) tile centres in pixels
+    inside: Tensor  # (n_tiles, P) 1 for pixels inside the image, 0 for the padding
+    n_tiles: int
+
+
+def _gather(rows, g: Tensor, centre: Tensor):
+    """Rows g (Ta, S) of (means2d, conic, log o, feats) -> quad_t (Ta, 6, S), feats_t
+    (Ta, D, S), and the tile-relative means and conics (for the backward)."""
+    m_r, conic_r, logo_r, feat_r = rows
+    m = m_r[g] - centre[:, None]  # (Ta, S, 2)
+    conic = conic_r[g]  # (Ta, S, 3)
+    quad = _neg_quadric(m, conic, logo_r[g])  # (Ta, S, 6)
+    return quad.transpose(1, 2), feat_r[g].transpose(1, 2), m, conic
+
+
+class _Rasterize(torch.autograd.Function):
+    """All tiles of all cameras, front to back in depth slices of _SLICE Gaussians per tile,
+    chunks of tiles bounded by _CHUNK_ELEMENTS. Forward keeps only each slice's transmittance
+    in front and its row indices; backward walks each chunk's slices back to front,
+    recomputing them, and accumulates the row gradients in place."""
 
     @staticmethod
-    def forward(ctx, quad_t, feats_t, trans, basis):  # (Ta, 6, S), (Ta, D, S), (Ta, P), (P, 6)
-        alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
-        w = torch.div(u, one_minus).sub_(u)  # = u·α/(1 − α) = α·T before the Gaussian
-        ctx.save_for_backward(quad_t, feats_t, trans, basis)
-        return feats_t @ w.transpose(1, 2), t_out
+    def forward(ctx, m_r, conic_r, logo_r, feat_r, plan: _Plan):
+        # m_r (V+1, 2), conic_r (V+1, 3), logo_r (V+1,), feat_r (V+1, D); row V is a null
+        # Gaussian (α = 0) that pads the slices
+        rows = (m_r, conic_r, logo_r, feat_r)
+        bins, basis = plan.bins, plan.basis
+        D, P = feat_r.shape[1], basis.shape[0]
+        device = feat_r.device
+        V, M = m_r.shape[0] - 1, bins.ids.numel()
+        counts = bins.counts
+        todo = torch.argsort(counts, descending=True)  # longest lists first: alike chunks
+        todo = todo[: int((counts > 0).sum())]
+        S = _SLICE
+        chunk = max(1, _CHUNK_ELEMENTS.get(device.type, 1 << 22) // (S * P))
+        arange_s = torch.arange(S, device=device)
+        out = torch.zeros(plan.n_tiles, D, P, dtype=feat_r.dtype, device=device)
+        tape = []  # per chunk: [(act, g, trans_in, going) per slice]
+        for c0 in range(0, todo.numel(), chunk):
+            act = todo[c0 : c0 + chunk]  # global tile ids (Ta,)
+            trans = plan.inside[act]  # (Ta, P)
+            slices, k = [], 0
+            while act.numel() > 0:
+                pos = k * S + arange_s  # (S,)
+                in_list = pos[None] < counts[act, None]  # (Ta, S)
+                idx = (bins.offsets[act, None] + pos[None]).clamp_max(max(M - 1, 0))
+                g = torch.where(in_list, bins.ids[idx], V)  # (Ta, S)
+                quad_t, feats_t, _, _ = _gather(rows, g, plan.centre[act])
+                contrib, t_out = _slice_forward(quad_t, feats_t, trans, basis)
+                out.index_add_(0, act, contrib)
+                k += 1
+                going = (counts[act] > k * S) & (t_out > T_MIN).any(1)  # (Ta,)
+                slices.append((act, g, trans, going))
+                act, trans = act[going], t_out[going]
+            tape.append(slices)
+        ctx.tape, ctx.plan = tape, plan
+        ctx.save_for_backward(m_r, conic_r, logo_r, feat_r)
+        return out  # (n_tiles, D, P)
 
     @staticmethod
-    def backward(ctx, g_out, g_t):  # (Ta, D, P), (Ta, P)
-        quad_t, feats_t, trans, basis = ctx.saved_tensors
-        alpha, one_minus, u, t_out = _slice_alpha(quad_t, trans, basis)
-        w = torch.div(u, one_minus).sub_(u)  # (Ta, P, S)
-        g_w = g_out.transpose(1, 2) @ feats_t  # (Ta, P, S)
-        g_feats_t = g_out @ w  # (Ta, D, S)
-        tail = torch.cumsum(g_w * w, dim=-1)  # Σ_{s<=k} g_s w_s
-        total = tail[..., -1] + g_t * t_out  # (Ta, P)
-        tail = tail.neg_().add_(total[..., None])  # Σ_{s>k} g_s w_s + G_T T_out
-        g_alpha = g_w.mul_(u).sub_(tail).div_(one_minus)
-        # dα/dlog α = α where 1/255 <= α < 0.999 (skipped and clamped ones: 0)
-        dalpha = torch.nn.functional.threshold(alpha.neg_(), -ALPHA_MAX, 0.0)
-        g_log_alpha = g_alpha.mul_(dalpha).neg_()  # (Ta, P, S)
-        g_quad_t = basis.transpose(0, 1) @ g_log_alpha  # (Ta, 6, S)
-        g_trans = total / trans.clamp_min(1e-30)
-        return g_quad_t, g_feats_t, g_trans, None
+    def backward(ctx, g_out):
+        rows = ctx.saved_tensors
+        plan = ctx.plan
+        grads = [torch.zeros_like(r) for r in rows]
+        g_m, g_conic, g_logo, g_feat = grads
+        g_out = g_out.contiguous()
+        for slices in ctx.tape:
+            g_next = None  # gradient of the transmittance entering the next slice
+            for act, g, trans, going in reversed(slices):
+                g_t = torch.zeros_like(trans)
+                if g_next is not None:
+                    g_t[going] = g_next
+                quad_t, feats_t, m, conic = _gather(rows, g, plan.centre[act])
+                g_quad_t, g_feats_t, g_next = _slice_backward(
+                    quad_t, feats_t, trans, plan.basis, g_out[act], g_t
+                )
+                gm, gc, gl = _neg_quadric_backward(g_quad_t.transpose(1, 2), m, conic)
+                flat = g.reshape(-1)
+                g_m.index_add_(0, flat, gm.reshape(-1, 2))
+                g_conic.index_add_(0, flat, gc.reshape(-1, 3))
+                g_logo.index_add_(0, flat, gl.reshape(-1))
+                g_feat.index_add_(0, flat, g_feats_t.transpose(1, 2).reshape(-1, g_feat.shape[1]))
+        return g_m, g_conic, g_logo, g_feat, None
 
 
 def _rasterize_torch(
@@ -482,67 +591,32 @@ def _rasterize_torch(
     C, N, D = feats.shape
     dtype, device = feats.dtype, feats.device
     tile = bins.tile
-    P = tile * tile
     tw, th = bins.tiles_x, bins.tiles_y
     n_tiles = C * th * tw
-    V = bins.vis.numel()
 
-    # one row per drawn Gaussian, plus a null row (α = 0) that pads the slices
-    def rows(t: Tensor, fill: float) -> Tensor:  # (C, N, k) -> (V+1, k)
+    def rows(t: Tensor, fill: float) -> Tensor:  # (C, N, k) -> (V+1, k), last row: null
         flat = t.reshape(C * N, t.shape[-1])[bins.vis]
         return torch.cat([flat, flat.new_full((1, flat.shape[1]), fill)])
 
-    m_r = rows(p.means2d, 0.0)  # (V+1, 2)
-    conic_r = rows(p.conics, 0.0)  # (V+1, 3)
+    m_r = rows(p.means2d, 0.0)
+    conic_r = rows(p.conics, 0.0)
     logo_r = rows(torch.log(opacity.clamp_min(1e-30)).expand(C, N)[..., None], -1e4)[:, 0]
-    feat_r = rows(feats, 0.0)  # (V+1, D)
-    basis = _pixel_basis(tile, dtype, device)  # (P, 6)
+    feat_r = rows(feats, 0.0)
 
     # full-tile pixels outside the image start "done" (T = 0) and never get weight
     tile_ids = torch.arange(n_tiles, device=device)
     tx, ty = tile_ids % tw, torch.div(tile_ids, tw, rounding_mode="floor") % th
-    centre = (torch.stack([tx, ty], -1).to(dtype) + 0.5) * tile  # (n_tiles, 2)
     lin = torch.arange(tile, device=device)
     px = (tx[:, None, None] * tile + lin[None, None, :]).expand(-1, tile, tile)
     py = (ty[:, None, None] * tile + lin[None, :, None]).expand(-1, tile, tile)
-    inside = ((px < width) & (py < height)).reshape(n_tiles, P).to(dtype)
-
-    counts = bins.counts
-    todo = torch.argsort(counts, descending=True)  # longest lists first: chunks of alike tiles
-    n_busy = int((counts > 0).sum())
-    todo = todo[:n_busy]
-    S = _SLICE
-    chunk = max(1, _CHUNK_ELEMENTS.get(device.type, 1 << 22) // (S * P))
-    arange_s = torch.arange(S, device=device)
-    M = bins.ids.numel()
-
-    done_ids, done_out = [], []
-    for c0 in range(0, n_busy, chunk):
-        act = todo[c0 : c0 + chunk]  # global tile ids, (Ta,)
-        trans = inside[act]  # (Ta, P)
-        acc = None
-        k = 0
-        while act.numel() > 0:
-            pos = k * S + arange_s  # (S,)
-            in_list = pos[None] < counts[act, None]  # (Ta, S)
-            idx = (bins.offsets[act, None] + pos[None]).clamp_max(max(M - 1, 0))
-            g = torch.where(in_list, bins.ids[idx], V)  # (Ta, S) rows, V = null
-            quad = _neg_quadric(m_r[g] - centre[act, None], conic_r[g], logo_r[g])  # (Ta, S, 6)
-            feats_t = feat_r[g].transpose(1, 2)  # (Ta, D, S)
-            contrib, trans = _CompositeSlice.apply(quad.transpose(1, 2), feats_t, trans, basis)
-            acc = contrib if acc is None else acc + contrib  # (Ta, D, P)
-            k += 1
-            going = (counts[act] > k * S) & (trans > T_MIN).any(1)  # (Ta,)
-            if not bool(going.all()):
-                done_ids.append(act[~going])
-                done_out.append(acc[~going])
-                act, acc, trans = act[going], acc[going], trans[going]
-
-    out = torch.zeros(n_tiles, D, P, dtype=dtype, device=device)
-    if done_ids:
-        out = out.index_copy(0, torch.cat(done_ids), torch.cat(done_out))
-    elif feat_r.requires_grad:  # nothing drawn: keep the image in the graph (zero gradients)
-        out = out + feat_r[:0].sum()
+    plan = _Plan(
+        bins=bins,
+        basis=_pixel_basis(tile, dtype, device),
+        centre=(torch.stack([tx, ty], -1).to(dtype) + 0.5) * tile,
+        inside=((px < width) & (py < height)).reshape(n_tiles, tile * tile).to(dtype),
+        n_tiles=n_tiles,
+    )
+    out = _Rasterize.apply(m_r, conic_r, logo_r, feat_r, plan)  # (n_tiles, D, P)
     out = out.reshape(C, th, tw, D, tile, tile).permute(0, 3, 1, 4, 2, 5)
     return out.reshape(C, D, th * tile, tw * tile)[:, :, :height, :width]
 
@@ -744,21 +818,23 @@ def gaussian_visibility(
     log_t = torch.zeros(q.numel(), dtype=dtype, device=device)
     S = 256
     M = bins.ids.numel()
-    act = torch.arange(q.numel(), device=device)
-    k = 0
-    while act.numel() > 0:
-        act = act[n_front[act] > k * S]
-        if act.numel() == 0:
-            break
-        pos = k * S + torch.arange(S, device=device)
-        in_front = pos[None] < n_front[act, None]  # (Qa, S)
-        g = bins.ids[(start[act, None] + pos[None]).clamp_max(M - 1)]  # (Qa, S)
-        d = m[q[act], None] - m[g]  # (Qa, S, 2)
-        a, b, c = conic[g].unbind(-1)
-        sigma = 0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) + b * d[..., 0] * d[..., 1]
-        alpha = (opac[g] * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
-        alpha = alpha * ((alpha >= ALPHA_MIN) & (sigma >= 0) & in_front)
-        log_t[act] += torch.log1p(-alpha).sum(1)
-        k += 1
+    per_chunk = max(1, _CHUNK_ELEMENTS.get(device.type, 1 << 22) // S)
+    for c0 in range(0, q.numel(), per_chunk):  # bounded memory: (queries, S) per step
+        act = torch.arange(c0, min(c0 + per_chunk, q.numel()), device=device)
+        k = 0
+        while True:
+            act = act[n_front[act] > k * S]
+            if act.numel() == 0:
+                break
+            pos = k * S + torch.arange(S, device=device)
+            in_front = pos[None] < n_front[act, None]  # (Qa, S)
+            g = bins.ids[(start[act, None] + pos[None]).clamp_max(M - 1)]  # (Qa, S)
+            d = m[q[act], None] - m[g]  # (Qa, S, 2)
+            a, b, c = conic[g].unbind(-1)
+            sigma = 0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) + b * d[..., 0] * d[..., 1]
+            alpha = (opac[g] * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
+            alpha = alpha * ((alpha >= ALPHA_MIN) & (sigma >= 0) & in_front)
+            log_t[act] += torch.log1p(-alpha).sum(1)
+            k += 1
     out[bins.vis[q]] = torch.exp(log_t)
     return out.reshape(C, N)

@@ -740,9 +740,10 @@ class MVDreamTeacher:
                     hub_file(model_id, "unet/config.json", **hub)
                 except TeacherNotAvailable:
                     raise TeacherNotAvailable(
-                        f"MVDream checkpoint {model_id!r} ({filename}) is not available in the Hugging "
-                        f"Face cache; fetch it once while online with `hf download {model_id} {filename}` "
-                        f"(and the tokenizer: `hf download {tokenizer_id} --include 'tokenizer/*'`)"
+                        f"MVDream checkpoint {model_id!r} ({filename}) is not available in the "
+                        "Hugging Face cache; fetch it once while online with "
+                        f"`hf download {model_id} {filename}` (and the tokenizer: "
+                        f"`hf download {tokenizer_id} --include 'tokenizer/*'`)"
                     ) from missing
                 return cls.from_diffusers(
                     model_id, device, dtype, tokenizer=tokenizer, **hub, **kwargs
@@ -785,7 +786,7 @@ class MVDreamTeacher:
                     camera["linear_1.weight"].shape[1]
                 )
                 state.update({f"class_embedding.{k}": v for k, v in camera.items()})
-        unet = _build_loaded(lambda: UNet2DConditionModel(**config), state)
+        unet = _build_loaded(lambda: UNet2DConditionModel.from_config(config), state)
         vae = load_component(AutoencoderKL.from_pretrained, model_id, "vae", **hub)
         text_encoder = load_component(
             CLIPTextModel.from_pretrained, model_id, "text_encoder", **hub

@@ -422,7 +422,8 @@ def train_net(name: str, cfg: TrainConfig) -> dict:
             log(name, f"step {step} loss {history[-1][1]:.4f} lr {sched(step):.2e} {rate:.1f} it/s")
     t_loop = time.perf_counter() - t_train
     tail = [v for _, v in history[-5:]]
-    running = sum(tail) / len(tail) if tail else float("nan")  # mean of the last 500 steps
+    # mean of the last 500 steps (or of all steps when fewer than 100)
+    running = sum(tail) / len(tail) if tail else float(loss_sum) / max(step, 1)
     log(
         name,
         f"stopped after {step} steps ({t_loop:.0f}s, {step / max(t_loop, 1e-9):.1f} it/s), loss {running:.4f}",
