@@ -170,3 +170,23 @@ def test_interpolation_loss():
     assert interpolation_loss(torch.zeros(0, 4, 3), torch.zeros(0, 4, 3)).item() == 0.0
     with pytest.raises(ValueError):
         interpolation_loss(a, b[:1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    dev = torch.device("cuda")
+    pts = points(5000, 7)
+    knn = knn_indices(pts, 8)
+    assert torch.equal(knn_indices(pts.to(dev), 8, chunk=777).cpu(), knn)
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(4, 5000, 3, generator=g, dtype=torch.float64)
+    d_cpu, d_gpu = d.clone().requires_grad_(True), d.to(dev).requires_grad_(True)
+    l_cpu, l_gpu = rigidity_loss(d_cpu, knn), rigidity_loss(d_gpu, knn.to(dev), chunk=999)
+    l_cpu.backward()
+    l_gpu.backward()
+    torch.testing.assert_close(l_gpu.cpu(), l_cpu)
+    torch.testing.assert_close(d_gpu.grad.cpu(), d_cpu.grad)
+    torch.testing.assert_close(
+        jsd_regularizer(pts.to(dev), d.to(dev)).cpu(), jsd_regularizer(pts, d)
+    )

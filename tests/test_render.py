@@ -311,7 +311,7 @@ def test_torch_backend_matches_dense_reference_per_camera_means_sh():
 
 def test_torch_backend_matches_dense_reference_shared_means_rgb_small_slices(monkeypatch):
     # tiny slices and chunks: transmittance carried over many slices, tiles retiring early
-    monkeypatch.setattr(render_module, "_SLICE", 3)
+    monkeypatch.setattr(render_module, "_SLICE", {"cpu": 3, "cuda": 3})
     monkeypatch.setattr(render_module, "_TILE", 8)
     monkeypatch.setattr(render_module, "_CHUNK_ELEMENTS", {"cpu": 3 * 64 * 4, "cuda": 3 * 64 * 4})
     sc = random_scene(50, 2, per_camera=False, sh_degree=None, opaque=0.5, seed=3)

@@ -45,7 +45,9 @@ def _noisy(teacher: ToyTeacher, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, teacher.frames, 3, *teacher.resolution, generator=g)
 
 
-@pytest.mark.parametrize("kind,frames,res", [("image", 1, (32, 32)), ("multiview", 4, (32, 32)), ("video", 16, (24, 40))])
+@pytest.mark.parametrize(
+    "kind,frames,res", [("image", 1, (32, 32)), ("multiview", 4, (32, 32)), ("video", 16, (24, 40))]
+)
 def test_protocol_shapes(teachers, kind, frames, res):
     t = teachers[kind]
     assert t.kind == kind and t.frames == frames and t.device == torch.device("cpu")
@@ -78,7 +80,9 @@ def test_embed_cache_and_null(teachers, monkeypatch):
     t = random_toy_teachers(seed=1)["video"]
     calls: list[int] = []
     embed_tokens = t.net.embed_tokens
-    monkeypatch.setattr(t.net, "embed_tokens", lambda ids: calls.append(len(ids)) or embed_tokens(ids))
+    monkeypatch.setattr(
+        t.net, "embed_tokens", lambda ids: calls.append(len(ids)) or embed_tokens(ids)
+    )
     a = t.embed(["a blue cone nodding"])
     b = t.embed(["a blue cone nodding", "A blue cone, nodding!", "a blue cone nodding"])
     assert calls == [1, 1]  # each new prompt text embedded once
@@ -108,7 +112,9 @@ def test_appearance_teachers_ignore_motion_words(teachers):
 def test_text_changes_prediction(teachers):
     for kind, t in teachers.items():
         x = _noisy(t, 1).repeat(2, 1, 1, 1, 1)
-        eps = t.predict_noise(x, torch.tensor([500, 500]), t.embed(["a red ball spinning", ""]), _cond(kind, 2))
+        eps = t.predict_noise(
+            x, torch.tensor([500, 500]), t.embed(["a red ball spinning", ""]), _cond(kind, 2)
+        )
         assert not torch.allclose(eps[0], eps[1], atol=1e-5), kind
 
 
@@ -167,7 +173,9 @@ def test_bad_inputs_raise(teachers):
         t.encode(torch.rand(1, 3, 32, 32))
     mv = teachers["multiview"]
     with pytest.raises(ValueError, match="cameras"):
-        mv.predict_noise(_noisy(mv, 2), torch.tensor([1, 2]), mv.embed(["", ""]), _cond("multiview", 1))
+        mv.predict_noise(
+            _noisy(mv, 2), torch.tensor([1, 2]), mv.embed(["", ""]), _cond("multiview", 1)
+        )
 
 
 def test_score_gradient_flows_through_encode(teachers):
@@ -178,7 +186,9 @@ def test_score_gradient_flows_through_encode(teachers):
         with torch.no_grad():
             emb = t.embed(["a blue cone nodding", ""])
             zt = z.detach().repeat(2, 1, 1, 1, 1)
-            eps = t.predict_noise(zt, torch.tensor([500, 500]), emb, _cond(kind, 1) and _cond(kind, 1).repeat(2))
+            eps = t.predict_noise(
+                zt, torch.tensor([500, 500]), emb, _cond(kind, 1) and _cond(kind, 1).repeat(2)
+            )
             direction = eps[:1] - eps[1:]
         loss = 0.5 * (z - (z - direction).detach()).square().sum()
         loss.backward()
@@ -219,9 +229,13 @@ def test_distill_loss_runs_with_toy_teacher(teachers, kind):
     g = torch.Generator().manual_seed(0)
     frames = 4 if kind == "image" else t.frames  # the image teacher folds frames into the batch
     images = torch.rand(2, frames, 3, 40, 64, requires_grad=True)
-    neg = dict(negative_prompt=VIDEO_NEGATIVE_PROMPT, negative_weight=0.8) if kind != "image" else {}
+    neg = (
+        dict(negative_prompt=VIDEO_NEGATIVE_PROMPT, negative_weight=0.8) if kind != "image" else {}
+    )
     term = TeacherTerm(weight=1.0, motion_amplification=4.0 if kind == "video" else 1.0, **neg)
-    loss, stats = distill_loss(t, term, images, "a blue cone nodding", step=0, generator=g, cond=_cond(kind, 2))
+    loss, stats = distill_loss(
+        t, term, images, "a blue cone nodding", step=0, generator=g, cond=_cond(kind, 2)
+    )
     loss.backward()
     assert torch.isfinite(loss) and stats["cls_norm"] > 0
     assert float(images.grad.abs().sum()) > 0
@@ -249,8 +263,12 @@ def test_shipped_weights_reproduce_checksum(name):
     expected = json.loads(meta["checksum"])
     got = checksum(net)
     assert got["abs_sum"] == pytest.approx(expected["abs_sum"], rel=1e-3)
-    assert got["sum"] == pytest.approx(expected["sum"], rel=1e-3, abs=1e-2 * max(1.0, expected["abs_sum"]) ** 0.5)
-    torch.testing.assert_close(torch.tensor(got["head"]), torch.tensor(expected["head"]), atol=1e-3, rtol=1e-3)
+    assert got["sum"] == pytest.approx(
+        expected["sum"], rel=1e-3, abs=1e-2 * max(1.0, expected["abs_sum"]) ** 0.5
+    )
+    torch.testing.assert_close(
+        torch.tensor(got["head"]), torch.tensor(expected["head"]), atol=1e-3, rtol=1e-3
+    )
     train = json.loads(meta["train"])
     assert train["steps"] > 0
 
@@ -268,7 +286,9 @@ def test_shipped_appearance_classifier_reads_a_render():
     from ayg.toyworld.scene import render
 
     cams = look_at_cameras(15.0, [0.0, 120.0, 240.0], 3.0, 40.0, 64, 64)
-    rgb = render(["a red ball", "a green cube", "a blue cone"], cams, background=[1.0, 1.0, 1.0]).rgb
+    rgb = render(
+        ["a red ball", "a green cube", "a blue cone"], cams, background=[1.0, 1.0, 1.0]
+    ).rgb
     colour, shape = load_toy_classifiers("cpu").appearance(rgb)
     assert colour.argmax(-1).tolist() == [0, 1, 2]
     assert shape.argmax(-1).tolist() == [0, 1, 2]

@@ -10,9 +10,9 @@ Two backends share these maths and give the same outputs:
 
 * ``torch``: pure PyTorch (CPU or GPU). The projection is plain autograd. Gaussians are binned
   to 8×8 tiles by their screen boxes and sorted by depth; each tile composites depth slices
-  of 64 Gaussians at a time (one matmul evaluates log α for every pixel × Gaussian pair of a
-  slice), carrying transmittance between slices and retiring a tile once every pixel is
-  opaque or its list is spent. A custom autograd function keeps only each slice's incoming
+  of 64 (CPU) or 256 (GPU) Gaussians at a time (one matmul evaluates log α for every
+  pixel × Gaussian pair of a slice), carrying transmittance between slices and retiring a
+  tile once every pixel is opaque or its list is spent. A custom autograd function keeps only each slice's incoming
   transmittance and recomputes the slice in the backward pass (front-to-back compositing has
   a closed-form gradient), so memory is bounded by the slice size, not the scene.
 * ``gsplat``: gsplat 1.5.3's CUDA kernels (projection, SH, tiling, rasterisation).
@@ -60,8 +60,8 @@ GSPLAT_VERSION = "1.5.3"
 # (pixel × Gaussian) pairs of one slice evaluated at once, which bounds the working memory
 # (~10 float buffers of that size); tuned on a 2-core CPU and an H200
 _TILE = 8
-_SLICE = 64
-_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 25}
+_SLICE = {"cpu": 64, "cuda": 256}  # a GPU is bound by launches: fewer, larger slices
+_CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
 @dataclass
@@ -532,7 +532,7 @@ class _Rasterize(torch.autograd.Function):
         counts = bins.counts
         todo = torch.argsort(counts, descending=True)  # longest lists first: alike chunks
         todo = todo[: int((counts > 0).sum())]
-        S = _SLICE
+        S = _SLICE.get(device.type, 64)
         chunk = max(1, _CHUNK_ELEMENTS.get(device.type, 1 << 22) // (S * P))
         arange_s = torch.arange(S, device=device)
         out = torch.zeros(plan.n_tiles, D, P, dtype=feat_r.dtype, device=device)

@@ -108,8 +108,8 @@ class MotionConfig:
     """A clip of ``frames`` frames + its fps → motion logits."""
 
     frames: int = 16
-    height: int = 24
-    width: int = 40
+    height: int = 32
+    width: int = 52
     channels: tuple[int, ...] = (32, 64, 96)
     motions: int = 4
 
@@ -554,21 +554,33 @@ def reference_output(net: nn.Module) -> Tensor:
             c = net.cfg
             x = torch.randn(2, c.frames, 3, c.height, c.width, generator=g)
             text = net.embed_tokens(torch.tensor([[0, 1, 2], list(c.tokens.null_ids)]))
-            cams = torch.randn(2, c.frames, c.camera_features, generator=g) if c.kind == "multiview" else None
+            cams = (
+                torch.randn(2, c.frames, c.camera_features, generator=g)
+                if c.kind == "multiview"
+                else None
+            )
             fps = torch.tensor([4.0, 8.0]) if c.kind == "video" else None
             return net(x, torch.tensor([100, 700]), text, cams, fps)
         if isinstance(net, AppearanceNet):
-            return torch.cat(net(torch.rand(2, 3, net.cfg.height, net.cfg.width, generator=g)), dim=1)
+            return torch.cat(
+                net(torch.rand(2, 3, net.cfg.height, net.cfg.width, generator=g)), dim=1
+            )
         if isinstance(net, MotionNet):
             c = net.cfg
-            return net(torch.rand(2, c.frames, 3, c.height, c.width, generator=g), torch.tensor([4.0, 8.0]))
+            return net(
+                torch.rand(2, c.frames, 3, c.height, c.width, generator=g), torch.tensor([4.0, 8.0])
+            )
     raise TypeError(f"no reference input for {type(net).__name__}")
 
 
 def checksum(net: nn.Module) -> dict:
     """Summary of ``reference_output``: sum, sum of |·| and the first 8 values."""
     out = reference_output(net).double()
-    return {"sum": float(out.sum()), "abs_sum": float(out.abs().sum()), "head": out.flatten()[:8].tolist()}
+    return {
+        "sum": float(out.sum()),
+        "abs_sum": float(out.abs().sum()),
+        "head": out.flatten()[:8].tolist(),
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,6 +108,8 @@ class TrainConfig:
     render_chunk: int = 8192  # frames rendered per call (dataset pre-rendering)
     render_frac: float = 0.3  # at most this share of a net's budget goes to rendering its data
     threads: int = 2  # torch CPU threads per process
+    init_from: str = ""  # a folder of *.safetensors to start from (continue training)
+    compile: bool = False  # torch.compile the training forward (falls back to eager on error)
 
     def net_list(self) -> list[str]:
         names = [n.strip() for n in self.nets.split(",") if n.strip()]
@@ -330,7 +332,7 @@ def _classifier_loss(
     if train:
         x = _augment(x, gen)
     with _autocast(x.device):
-        if isinstance(net, AppearanceNet):
+        if isinstance(getattr(net, "_orig_mod", net), AppearanceNet):  # compiled or not
             colour, shape = net(x[:, 0])
             loss = F.cross_entropy(colour.float(), batch.labels[:, 0]) + F.cross_entropy(
                 shape.float(), batch.labels[:, 1]
@@ -374,8 +376,19 @@ def train_net(name: str, cfg: TrainConfig) -> dict:
     )
 
     net, arch = _build(name)
+    init_steps = 0
+    init_path = weights_file(cfg, name, Path("/nonexistent"))
+    if init_path is not None:
+        init, init_meta = load_net(init_path)
+        net.load_state_dict(init.state_dict())  # convolutional nets load at any resolution
+        prev = json.loads(init_meta.get("train", "{}"))
+        init_steps = int(prev.get("total_steps", prev.get("steps", 0)))
+        log(name, f"initialised from {init_path} ({init_steps} steps)")
     net = net.to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    forward = net
+    if cfg.compile:
+        forward = torch.compile(net)
     params = [p for p in net.parameters()]
     n_params = sum(p.numel() for p in params)
     teacher = name in TEACHERS
@@ -401,12 +414,22 @@ def train_net(name: str, cfg: TrainConfig) -> dict:
             data.images.device
         )
         batch = data.batch(idx)
-        if teacher:
-            loss = _unet_loss(net, batch, cfg, gen, train=True)
-        else:
-            loss = _classifier_loss(net, batch, gen, train=True)[0]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            if teacher:
+                loss = _unet_loss(forward, batch, cfg, gen, train=True)
+            else:
+                loss = _classifier_loss(forward, batch, gen, train=True)[0]
+            loss.backward()
+        except Exception as err:  # a failed torch.compile: carry on eagerly
+            if forward is net:
+                raise
+            log(
+                name,
+                f"torch.compile failed ({type(err).__name__}: {str(err)[:300]}); eager from here",
+            )
+            forward = net
+            continue
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         decay = min(cfg.ema, (1.0 + step) / (10.0 + step))
@@ -432,6 +455,8 @@ def train_net(name: str, cfg: TrainConfig) -> dict:
     entry: dict = {
         "params": n_params,
         "steps": step,
+        "init_steps": init_steps,
+        "total_steps": init_steps + step,
         "batch": batch_size,
         "dataset": len(data),
         "render_s": round(t_render, 1),
@@ -495,11 +520,19 @@ def validate(
 
 
 @torch.no_grad()
+def weights_file(cfg: TrainConfig, name: str, out: Path) -> Path | None:
+    """A net's weights: the run's own (``out``), else ``init_from``'s, else None."""
+    for folder in (out, Path(cfg.init_from) if cfg.init_from else None):
+        if folder is not None and (folder / f"{name}.safetensors").is_file():
+            return folder / f"{name}.safetensors"
+    return None
+
+
 def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
     """DDIM samples of each teacher (CFG ``guidance``), judged by the trained classifiers."""
     device = torch.device(cfg.device)
-    app = load_net(out / "appearance.safetensors", device)[0]
-    mot = load_net(out / "motion.safetensors", device)[0]
+    app = load_net(weights_file(cfg, "appearance", out), device)[0]
+    mot = load_net(weights_file(cfg, "motion", out), device)[0]
     gen = torch.Generator().manual_seed(cfg.seed + 4242)
     n = cfg.samples_per_prompt
     report: dict = {}
@@ -519,7 +552,7 @@ def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
     def sample(
         name: str, prompts: list[ToyPrompt], cams: Tensor | None, fps: Tensor | None
     ) -> Tensor:
-        net = load_net(out / f"{name}.safetensors", device)[0]
+        net = load_net(weights_file(cfg, name, out), device)[0]
         ids = torch.stack([p.tokens() for p in prompts])
         if name != "video":
             ids[:, 2] = NULL_TOKENS[2]
@@ -528,12 +561,12 @@ def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
         return ddim_sample(net, text, null, cfg.guidance, cfg.sample_steps, cams, fps, gen)
 
     statics = [ToyPrompt(c, s) for c in COLOURS for s in SHAPES for _ in range(n)]
-    if (out / "image.safetensors").is_file():
+    if weights_file(cfg, "image", out):
         x = sample("image", statics, None, None)  # (N, 1, 3, 32, 32)
         ca, sa = appearance_acc(x[:, 0], statics)
         report["image"] = {"colour_acc": ca, "shape_acc": sa, "samples": len(statics)}
         grids.append(x[::n, 0])  # one row: a sample of every (colour, shape)
-    if (out / "multiview.safetensors").is_file():
+    if weights_file(cfg, "multiview", out):
         cams = Stage1CameraSampler(views=4).sample(len(statics), gen)
         feats = camera_features(cams.c2w, cams.fov, 4).to(device)
         x = sample("multiview", statics, feats, None)  # (N, 4, 3, 32, 32)
@@ -541,7 +574,7 @@ def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
         ca, sa = appearance_acc(x.flatten(0, 1), per_view)
         report["multiview"] = {"colour_acc": ca, "shape_acc": sa, "samples": len(statics)}
         grids.extend(x[::n][:4])  # rows of 4 views
-    if (out / "video.safetensors").is_file():
+    if weights_file(cfg, "video", out):
         prompts = [
             ToyPrompt(c, s, m)
             for c in COLOURS
@@ -681,11 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         if path.is_file():
             report["nets"][n] = json.loads(path.read_text())
     report["train_wall_s"] = round(time.perf_counter() - t0, 1)
-    if (
-        cfg.evaluate
-        and (out / "appearance.safetensors").is_file()
-        and (out / "motion.safetensors").is_file()
-    ):
+    if cfg.evaluate and weights_file(cfg, "appearance", out) and weights_file(cfg, "motion", out):
         t1 = time.perf_counter()
         report["teacher_samples"] = evaluate_teachers(cfg, out)
         report["eval_s"] = round(time.perf_counter() - t1, 1)
