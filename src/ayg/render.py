@@ -122,7 +122,8 @@ def eval_sh(degree: int, sh: Tensor, dirs: Tensor) -> Tensor:
         raise ValueError(f"dirs must have shape (..., 3), got {tuple(dirs.shape)}")
     out = SH_C0 * sh[..., 0, :]
     if degree == 0:
-        return out
+        # broadcast like the higher bands do, so (N, K, 3) with (C, N, 3) dirs gives (C, N, 3)
+        return out.expand(torch.broadcast_shapes(out.shape, dirs.shape))
     d = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     x, y, z = (d[..., i : i + 1] for i in range(3))  # (..., 1) each, broadcast over RGB
     out = out + SH_C1 * (-y * sh[..., 1, :] + z * sh[..., 2, :] - x * sh[..., 3, :])
