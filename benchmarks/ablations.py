@@ -33,7 +33,7 @@ ROWS: list[tuple[str, list[str]]] = [
     ("w/o rigidity regularizer", ["stage2.lambda_rigidity=0"]),
     ("w/o motion amplification", ["stage2.omega_ma=1"]),
     ("w/o image DM in stage 2", ["stage2.use_image=false"]),
-    ("SDS instead of CSD", ["stage1.mode=\"sds\"", "stage2.mode=\"sds\""]),
+    ("SDS instead of CSD", ['stage1.mode="sds"', 'stage2.mode="sds"']),
     ("stage 1 w/o multiview DM", ["stage1.use_multiview=false"]),
     ("w/o dynamic cameras", ["stage2.dynamic_cameras=false"]),
     ("fps 4 only", ["stage2.fps_values=[4]", "stage2.fps_probs=[1.0]"]),
@@ -58,7 +58,9 @@ def _mean(values: list) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prompts", default=",".join(DEFAULT_PROMPTS), help="comma-separated toy prompts")
+    ap.add_argument(
+        "--prompts", default=",".join(DEFAULT_PROMPTS), help="comma-separated toy prompts"
+    )
     ap.add_argument("--rows", default=None, help="comma-separated row numbers (default: all)")
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--device", default="auto")
@@ -69,23 +71,38 @@ def main() -> None:
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     rows = ROWS if args.rows is None else [ROWS[int(i)] for i in args.rows.split(",")]
     out = Path(args.out)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     classifiers = load_toy_classifiers(device)
     table = []
     for r, (name, overrides) in enumerate(rows):
         scores = {m: [] for m in METRICS}
         t0 = time.perf_counter()
         for p, prompt in enumerate(prompts):
-            cfg = apply_overrides(preset("toy"), [f"device=\"{device}\"", f"seed={args.seed}", *args.set, *overrides])
+            cfg = apply_overrides(
+                preset("toy"), [f'device="{device}"', f"seed={args.seed}", *args.set, *overrides]
+            )
             run = out / f"row{r:02d}" / f"p{p:02d}"
-            asset = generate(prompt, run, cfg, resume=(run / "config.json").exists(), progress=False)
-            res = evaluate_asset(asset.to(device), prompt, classifiers,
-                                 generator=torch.Generator().manual_seed(args.seed))
+            asset = generate(
+                prompt, run, cfg, resume=(run / "config.json").exists(), progress=False
+            )
+            res = evaluate_asset(
+                asset.to(device),
+                prompt,
+                classifiers,
+                generator=torch.Generator().manual_seed(args.seed),
+            )
             for m in METRICS:
                 scores[m].append(res.get(m))
             (run / "eval.json").write_text(json.dumps(res, default=str, indent=2))
-        row = {"row": name, **{m: _mean(v) for m, v in scores.items()}, "seconds": time.perf_counter() - t0}
+        row = {
+            "row": name,
+            **{m: _mean(v) for m, v in scores.items()},
+            "seconds": time.perf_counter() - t0,
+        }
         table.append(row)
         print(json.dumps(row), flush=True)
 

@@ -21,7 +21,7 @@ from ayg.pipeline import extend, generate
 
 
 def tiny(*overrides: str):
-    return apply_overrides(preset("tiny"), ["device=\"cpu\"", *overrides])
+    return apply_overrides(preset("tiny"), ['device="cpu"', *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,9 @@ def chain(tmp_path_factory):
     """One generate → extend → loop chain shared by the checks below."""
     root = tmp_path_factory.mktemp("chain")
     a = generate("a blue cone nodding", root / "gen", tiny(), progress=False)
-    b = extend(root / "gen" / "asset.ayg", "a blue cone spinning", root / "ext", tiny(), progress=False)
+    b = extend(
+        root / "gen" / "asset.ayg", "a blue cone spinning", root / "ext", tiny(), progress=False
+    )
     c = extend(root / "ext" / "asset.ayg", None, root / "loop", tiny(), loop=True, progress=False)
     return root, a, b, c
 
@@ -79,8 +81,13 @@ def test_compose_render_export(chain, tmp_path):
     spec = {
         "objects": [
             {"asset": str(root / "gen" / "asset.ayg"), "translation": [-0.6, 0, 0]},
-            {"asset": str(root / "loop" / "asset.ayg"), "translation": [0.6, 0, 0], "scale": 0.5,
-             "rotation": [0, 0, 90], "time_offset": 0.25},
+            {
+                "asset": str(root / "loop" / "asset.ayg"),
+                "translation": [0.6, 0, 0],
+                "scale": 0.5,
+                "rotation": [0, 0, 90],
+                "time_offset": 0.25,
+            },
         ]
     }
     spec_path = tmp_path / "scene.json"
@@ -92,19 +99,61 @@ def test_compose_render_export(chain, tmp_path):
     composed = Asset.load(scene)
     assert len(composed.objects) == 2
     png = tmp_path / "scene.png"
-    assert main(["render", str(scene), "--out", str(png), "--width", "48", "--height", "32", "--time", "0.3"]) == 0
+    assert (
+        main(
+            [
+                "render",
+                str(scene),
+                "--out",
+                str(png),
+                "--width",
+                "48",
+                "--height",
+                "32",
+                "--time",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     assert png.stat().st_size > 0
     frames = tmp_path / "frames"
-    assert main(["export", str(scene), "--format", "ply-frames", "--out", str(frames), "--frames", "3"]) == 0
+    assert (
+        main(
+            ["export", str(scene), "--format", "ply-frames", "--out", str(frames), "--frames", "3"]
+        )
+        == 0
+    )
     plys = sorted(frames.glob("*.ply"))
     assert len(plys) == 3
     times = np.linspace(0, composed.duration, 3)
-    for p, t in zip(plys, times):
+    for p, t in zip(plys, times, strict=False):
         cloud = load_ply(p)
-        torch.testing.assert_close(cloud.means.detach(), composed.positions(torch.tensor([float(t)]))[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            cloud.means.detach(), composed.positions(torch.tensor([float(t)]))[0], atol=1e-5, rtol=0
+        )
     tracks = tmp_path / "tracks.npz"
-    assert main(["export", str(scene), "--format", "tracks", "--out", str(tracks), "--frames", "4",
-                 "--views", "2", "--width", "40", "--height", "40"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(scene),
+                "--format",
+                "tracks",
+                "--out",
+                str(tracks),
+                "--frames",
+                "4",
+                "--views",
+                "2",
+                "--width",
+                "40",
+                "--height",
+                "40",
+            ]
+        )
+        == 0
+    )
     data = np.load(tracks)
     assert data["positions"].shape == (4, composed.num_gaussians, 3)
     assert data["uv"].shape == (2, 4, composed.num_gaussians, 2)
@@ -116,8 +165,25 @@ def test_compose_render_export(chain, tmp_path):
         out = composed.render(cams, torch.full((2,), float(t)))
         np.testing.assert_allclose(data["uv"][:, ti], out.means2d.detach().numpy(), atol=1e-3)
     video = tmp_path / "scene.mp4"
-    assert main(["export", str(scene), "--format", "video", "--out", str(video), "--frames", "4",
-                 "--width", "32", "--height", "32"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(scene),
+                "--format",
+                "video",
+                "--out",
+                str(video),
+                "--frames",
+                "4",
+                "--width",
+                "32",
+                "--height",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert video.stat().st_size > 0
 
 
@@ -151,7 +217,11 @@ def test_resume_equals_uninterrupted(tmp_path, stop_phase, stop_step):
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "ayg.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+        [sys.executable, "-m", "ayg.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
     )
 
 
@@ -160,13 +230,22 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     [
         (["generate", "", "--preset", "tiny", "--out", "{tmp}/a"], "prompt is empty"),
         (["generate", "a red ball", "--preset", "huge", "--out", "{tmp}/b"], "unknown preset"),
-        (["generate", "a red ball", "--preset", "tiny", "--steps-3d", "0", "--out", "{tmp}/c"], "steps"),
-        (["generate", "a red ball", "--preset", "tiny", "--steps-4d", "-3", "--out", "{tmp}/d"], "steps"),
+        (
+            ["generate", "a red ball", "--preset", "tiny", "--steps-3d", "0", "--out", "{tmp}/c"],
+            "steps",
+        ),
+        (
+            ["generate", "a red ball", "--preset", "tiny", "--steps-4d", "-3", "--out", "{tmp}/d"],
+            "steps",
+        ),
         (["generate", "a red ball", "--preset", "tiny", "--out", "{tmp}/file.txt"], "is a file"),
-        (["generate", "a purple pyramid", "--preset", "tiny", "--out", "{tmp}/e"], "vocabulary"),
+        (["generate", "a purple pyramid", "--preset", "tiny", "--out", "{tmp}/e"], "COLOUR"),
         (["render", "{tmp}/missing.ayg", "--out", "{tmp}/x.png"], "missing.ayg"),
         (["render", "{tmp}/file.txt", "--out", "{tmp}/x.png"], "file.txt"),
-        (["extend", "{tmp}/file.txt", "a red ball", "--preset", "tiny", "--out", "{tmp}/f"], "file.txt"),
+        (
+            ["extend", "{tmp}/file.txt", "a red ball", "--preset", "tiny", "--out", "{tmp}/f"],
+            "file.txt",
+        ),
         (["compose", "{tmp}/spec.json", "--out", "{tmp}/s.ayg"], "nope.ayg"),
     ],
 )

@@ -14,7 +14,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
-def generate(prompt: str, out: str, preset: str = "paper", overrides: list[str] | None = None, **kwargs):
+def generate(
+    prompt: str, out: str, preset: str = "paper", overrides: list[str] | None = None, **kwargs
+):
     """Stage 1 then stage 2 for ``prompt``; writes ``out/asset.ayg`` and returns the asset.
     ``overrides`` are ``section.field=value`` strings (see ``ayg.config``)."""
     from ayg.config import apply_overrides

@@ -44,7 +44,9 @@ class Cameras:
         if self.c2w.ndim != 3 or self.c2w.shape[-2:] != (4, 4):
             raise ValueError(f"c2w must have shape (C, 4, 4), got {tuple(self.c2w.shape)}")
         if self.fov.shape != (self.c2w.shape[0],):
-            raise ValueError(f"fov must have shape ({self.c2w.shape[0]},), got {tuple(self.fov.shape)}")
+            raise ValueError(
+                f"fov must have shape ({self.c2w.shape[0]},), got {tuple(self.fov.shape)}"
+            )
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
 
@@ -110,7 +112,9 @@ class Cameras:
 
     def resized(self, width: int, height: int) -> Cameras:
         """Same poses and vertical fov at another image size."""
-        return Cameras(self.c2w, self.fov, width, height, self.elevation, self.azimuth, self.distance)
+        return Cameras(
+            self.c2w, self.fov, width, height, self.elevation, self.azimuth, self.distance
+        )
 
     @staticmethod
     def cat(cams: list[Cameras]) -> Cameras:
@@ -146,7 +150,11 @@ def spherical_positions(elevation: Tensor, azimuth: Tensor, distance: Tensor) ->
     """(C, 3) = d·(cos e cos a, cos e sin a, sin e), angles in degrees."""
     e, a = torch.deg2rad(elevation), torch.deg2rad(azimuth)
     return torch.stack(
-        [distance * torch.cos(e) * torch.cos(a), distance * torch.cos(e) * torch.sin(a), distance * torch.sin(e)],
+        [
+            distance * torch.cos(e) * torch.cos(a),
+            distance * torch.cos(e) * torch.sin(a),
+            distance * torch.sin(e),
+        ],
         dim=-1,
     )
 
@@ -228,7 +236,10 @@ class Stage1CameraSampler:
     height: int = 256
 
     def sample(
-        self, batch: int = 1, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+        self,
+        batch: int = 1,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
     ) -> Cameras:
         """Returns batch × views cameras, grouped by sample: (b0v0, b0v1, ..., b1v0, ...)."""
         fov = _uniform(*self.fov_range, (batch,), generator)
@@ -264,7 +275,10 @@ class Stage2CameraSampler:
     height: int = 160
 
     def sample(
-        self, batch: int = 1, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+        self,
+        batch: int = 1,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
     ) -> Cameras:
         """Returns batch × frames cameras, clip-major: (c0f0, c0f1, ..., c1f0, ...)."""
         fov = _uniform(*self.fov_range, (batch,), generator)
@@ -281,7 +295,13 @@ class Stage2CameraSampler:
         azims = (azim[:, None] + azim_off[:, None] * ramp[None]) % 360.0
         rep = lambda x: x[:, None].expand(batch, self.frames).reshape(-1)  # noqa: E731
         return look_at_cameras(
-            elevs.reshape(-1), azims.reshape(-1), rep(dist), rep(fov), self.width, self.height, device
+            elevs.reshape(-1),
+            azims.reshape(-1),
+            rep(dist),
+            rep(fov),
+            self.width,
+            self.height,
+            device,
         )
 
 
@@ -303,13 +323,18 @@ class FpsSampler:
         if any(p < 0 for p in self.probs) or not math.isclose(sum(self.probs), 1.0, abs_tol=1e-6):
             raise ValueError(f"fps probabilities must be >= 0 and sum to 1, got {self.probs}")
         if any(self.span_at_fps1 / f > 1.0 for f in self.fps_values):
-            raise ValueError(f"every fps must satisfy {self.span_at_fps1}/fps <= 1, got {self.fps_values}")
+            raise ValueError(
+                f"every fps must satisfy {self.span_at_fps1}/fps <= 1, got {self.fps_values}"
+            )
 
     def span(self, fps: Tensor) -> Tensor:
         return self.span_at_fps1 / fps
 
     def sample(
-        self, batch: int = 1, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+        self,
+        batch: int = 1,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
     ) -> tuple[Tensor, Tensor]:
         """Returns fps (B,) float and tau (B, F) in [0, 1]."""
         probs = torch.tensor(self.probs, dtype=torch.float64)

@@ -24,27 +24,37 @@ def _config(args: argparse.Namespace):
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
     if args.device is not None:
-        overrides.append(f"device=\"{args.device}\"")
+        overrides.append(f'device="{args.device}"')
     for name in ("steps_3d", "steps_4d"):
         v = getattr(args, name, None)
         if v is not None and v <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive number of steps, got {v}")
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be a positive number of steps, got {v}"
+            )
     cfg = apply_overrides(cfg, overrides)
     return cfg
 
 
 def _add_run_options(p: argparse.ArgumentParser, steps: bool = True) -> None:
-    p.add_argument("--preset", default="paper", help=f"one of {', '.join(PRESET_NAMES)} (default: paper)")
+    p.add_argument(
+        "--preset", default="paper", help=f"one of {', '.join(PRESET_NAMES)} (default: paper)"
+    )
     p.add_argument("--out", required=True, help="output directory")
     if steps:
-        p.add_argument("--steps-3d", type=int, default=None, help="stage-1 steps (overrides the preset)")
-    p.add_argument("--steps-4d", type=int, default=None, help="stage-2 steps (overrides the preset)")
+        p.add_argument(
+            "--steps-3d", type=int, default=None, help="stage-1 steps (overrides the preset)"
+        )
+    p.add_argument(
+        "--steps-4d", type=int, default=None, help="stage-2 steps (overrides the preset)"
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
         help="override any config field, e.g. --set stage2.omega_ma=12 (repeatable)",
     )
 
@@ -71,8 +81,15 @@ def cmd_extend(args) -> int:
     from ayg.pipeline import extend
 
     cfg = _config(args)
-    extend(args.asset, args.prompt, args.out, cfg, loop=args.loop, resume=args.resume,
-           progress=not args.no_progress)
+    extend(
+        args.asset,
+        args.prompt,
+        args.out,
+        cfg,
+        loop=args.loop,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
     print(f"wrote {Path(args.out) / 'asset.ayg'}")
     return 0
 
@@ -109,21 +126,39 @@ def cmd_render(args) -> int:
         raise ValueError(f"--time must be >= 0, got {args.time}")
     out = Path(args.out)
     if out.suffix.lower() not in (".png", ".mp4"):
-        raise ValueError(f"--out must end in .png (an image) or .mp4 (an orbit video), got '{out.name}'")
+        raise ValueError(
+            f"--out must end in .png (an image) or .mp4 (an orbit video), got '{out.name}'"
+        )
     asset = load_cloud_or_asset(args.path)
     device = resolve_device(args.device or "auto")
     bg = torch.ones(3) if args.background == "white" else torch.zeros(3)
     if out.suffix.lower() == ".mp4":
         export_video(
-            asset, out, frames=args.frames, fps=args.fps, elevation=args.elevation, distance=args.distance,
-            fov=args.fov, width=args.width, height=args.height, background=bg, time=args.time,
-            device=device, backend=args.backend,
+            asset,
+            out,
+            frames=args.frames,
+            fps=args.fps,
+            elevation=args.elevation,
+            distance=args.distance,
+            fov=args.fov,
+            width=args.width,
+            height=args.height,
+            background=bg,
+            time=args.time,
+            device=device,
+            backend=args.backend,
         )
     else:
-        cams = look_at_cameras(args.elevation, args.azimuth, args.distance, args.fov, args.width, args.height, device)
+        cams = look_at_cameras(
+            args.elevation, args.azimuth, args.distance, args.fov, args.width, args.height, device
+        )
         t = torch.tensor([args.time if args.time is not None else 0.0], device=device)
         with torch.no_grad():
-            img = asset.to(device).render(cams, t, background=bg.to(device), backend=args.backend).rgb[0]
+            img = (
+                asset.to(device)
+                .render(cams, t, background=bg.to(device), backend=args.backend)
+                .rgb[0]
+            )
         save_png(img, out)
     print(f"wrote {out}")
     return 0
@@ -152,9 +187,12 @@ def cmd_export(args) -> int:
         if args.cameras:
             spec = json.loads(Path(args.cameras).read_text())
             cams = look_at_cameras(
-                [c.get("elevation", 15.0) for c in spec], [c.get("azimuth", 0.0) for c in spec],
-                [c.get("distance", 3.0) for c in spec], [c.get("fov", 40.0) for c in spec],
-                args.width, args.height,
+                [c.get("elevation", 15.0) for c in spec],
+                [c.get("azimuth", 0.0) for c in spec],
+                [c.get("distance", 3.0) for c in spec],
+                [c.get("fov", 40.0) for c in spec],
+                args.width,
+                args.height,
             )
         elif args.views > 0:
             cams = orbit_cameras(args.views, width=args.width, height=args.height)
@@ -163,7 +201,9 @@ def cmd_export(args) -> int:
         export_tracks(asset, out, times, cameras=cams)
         print(f"wrote {out}")
     elif args.format == "video":
-        export_video(asset, out, frames=args.frames, fps=args.fps, width=args.width, height=args.height)
+        export_video(
+            asset, out, frames=args.frames, fps=args.fps, width=args.width, height=args.height
+        )
         print(f"wrote {out}")
     return 0
 
@@ -180,7 +220,7 @@ def cmd_eval(args) -> int:
     from ayg.evaluate import evaluate_paths
 
     results = evaluate_paths(args.assets, prompts=args.prompt, seed=args.seed or 0)
-    for path, res in zip(args.assets, results):
+    for path, res in zip(args.assets, results, strict=False):
         if args.json:
             print(json.dumps({"asset": str(path), **res}, sort_keys=True))
         else:
@@ -192,7 +232,9 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ayg", description="Align Your Gaussians: text to animated 3D Gaussians")
+    parser = argparse.ArgumentParser(
+        prog="ayg", description="Align Your Gaussians: text to animated 3D Gaussians"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -215,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_extend)
 
     p = sub.add_parser("compose", help="place several assets into one scene asset")
-    p.add_argument("spec", help="JSON: {\"objects\": [{\"asset\": ..., \"scale\", \"rotation\", \"translation\", \"time_offset\"}]}")
+    p.add_argument(
+        "spec",
+        help='JSON: {"objects": [{"asset": ..., "scale", "rotation", "translation", "time_offset"}]}',
+    )
     p.add_argument("--out", required=True, help="scene .ayg file")
     p.set_defaults(func=cmd_compose)
 
@@ -227,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fov", type=float, default=40.0)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--height", type=int, default=256)
-    p.add_argument("--time", type=float, default=None, help="global time (default 0; a video runs over time)")
+    p.add_argument(
+        "--time", type=float, default=None, help="global time (default 0; a video runs over time)"
+    )
     p.add_argument("--background", choices=("white", "black"), default="white")
     p.add_argument("--frames", type=int, default=48, help="video frames")
     p.add_argument("--fps", type=int, default=12, help="video frame rate")
@@ -241,9 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=("ply-frames", "tracks", "video"))
     p.add_argument("--out", required=True)
     p.add_argument("--frames", type=int, default=16, help="number of evenly spaced times")
-    p.add_argument("--times", default=None, help="comma-separated global times (overrides --frames)")
-    p.add_argument("--views", type=int, default=4, help="tracks: orbit cameras to project into (0: none)")
-    p.add_argument("--cameras", default=None, help="tracks: JSON list of {elevation, azimuth, distance, fov}")
+    p.add_argument(
+        "--times", default=None, help="comma-separated global times (overrides --frames)"
+    )
+    p.add_argument(
+        "--views", type=int, default=4, help="tracks: orbit cameras to project into (0: none)"
+    )
+    p.add_argument(
+        "--cameras", default=None, help="tracks: JSON list of {elevation, azimuth, distance, fov}"
+    )
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--fps", type=int, default=12)
@@ -256,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="metrics of DESIGN §8 for one or more assets")
     p.add_argument("assets", nargs="+")
-    p.add_argument("--prompt", action="append", default=None, help="prompt per asset (default: from the asset)")
+    p.add_argument(
+        "--prompt", action="append", default=None, help="prompt per asset (default: from the asset)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per asset")
     p.set_defaults(func=cmd_eval)
@@ -267,14 +322,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "preset", None) is not None and args.preset not in PRESET_NAMES:
-        print(f"ayg: error: unknown preset '{args.preset}'; allowed: {', '.join(PRESET_NAMES)}", file=sys.stderr)
+        print(
+            f"ayg: error: unknown preset '{args.preset}'; allowed: {', '.join(PRESET_NAMES)}",
+            file=sys.stderr,
+        )
         return 2
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("ayg: interrupted; run the same command with --resume to continue", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError, ImportError) as e:
+    except (
+        ValueError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        ImportError,
+    ) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"ayg: error: {msg}", file=sys.stderr)
         return 2

@@ -174,7 +174,9 @@ def _update(obj: Any, d: dict[str, Any], path: str) -> None:
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in d.items():
         if key not in names:
-            raise ValueError(f"unknown config field '{path}{key}'; allowed: {', '.join(sorted(names))}")
+            raise ValueError(
+                f"unknown config field '{path}{key}'; allowed: {', '.join(sorted(names))}"
+            )
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -202,7 +204,9 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
         return float(value)
     if isinstance(current, tuple):
         if not isinstance(value, (list, tuple)) or len(value) == 0:
-            raise ValueError(f"config field '{name}' takes a list, e.g. [0.02, 0.98], got {value!r}")
+            raise ValueError(
+                f"config field '{name}' takes a list, e.g. [0.02, 0.98], got {value!r}"
+            )
         return tuple(value)
     if isinstance(current, str):
         if not isinstance(value, str):
@@ -218,7 +222,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     """Apply ``section.field=value`` strings; values are parsed as JSON when possible."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override '{item}' must look like section.field=value, e.g. stage1.steps=200")
+            raise ValueError(
+                f"override '{item}' must look like section.field=value, e.g. stage1.steps=200"
+            )
         key, raw = item.split("=", 1)
         try:
             value = json.loads(raw)
@@ -313,7 +319,9 @@ def validate(cfg: RunConfig) -> None:
         if stage.batch <= 0:
             raise ValueError(f"{name}.batch must be > 0, got {stage.batch}")
         if stage.width <= 0 or stage.height <= 0:
-            raise ValueError(f"{name} render size must be positive, got {stage.width}x{stage.height}")
+            raise ValueError(
+                f"{name} render size must be positive, got {stage.width}x{stage.height}"
+            )
         if stage.mode not in ("csd", "sds"):
             raise ValueError(f"{name}.mode must be 'csd' or 'sds', got '{stage.mode}'")
     if cfg.teachers.kind not in ("real", "toy", "random"):

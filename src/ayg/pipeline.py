@@ -31,7 +31,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' was asked for but CUDA is not available; use --device cpu")
+        raise ValueError(
+            f"device '{name}' was asked for but CUDA is not available; use --device cpu"
+        )
     return torch.device(name)
 
 
@@ -40,13 +42,17 @@ def prepare_out_dir(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output directory '{out}' is a file; give a directory path")
     if out.is_dir() and not resume and any((out / f).exists() for f in RUN_FILES):
-        raise ValueError(f"'{out}' already holds a run; pass --resume to continue it or choose another --out")
+        raise ValueError(
+            f"'{out}' already holds a run; pass --resume to continue it or choose another --out"
+        )
     if resume and out.is_dir() and (out / "config.json").exists():
         return
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _context(cfg: RunConfig, out: Path, device: torch.device, progress: bool, callback) -> RunContext:
+def _context(
+    cfg: RunConfig, out: Path, device: torch.device, progress: bool, callback
+) -> RunContext:
     tb = out / "tensorboard"
     return RunContext(
         device=device,
@@ -71,7 +77,10 @@ def _check_resume_config(out: Path, cfg: RunConfig, resume: bool) -> None:
 
 
 def _write_config(out: Path, cfg: RunConfig, job: dict[str, Any]) -> None:
-    atomic_write_text(out / "config.json", json.dumps({"job": job, "config": cfg.to_dict()}, indent=2, sort_keys=True))
+    atomic_write_text(
+        out / "config.json",
+        json.dumps({"job": job, "config": cfg.to_dict()}, indent=2, sort_keys=True),
+    )
 
 
 def _finish(asset: Asset, out: Path, cfg: RunConfig, ctx: RunContext) -> Asset:
@@ -80,8 +89,13 @@ def _finish(asset: Asset, out: Path, cfg: RunConfig, ctx: RunContext) -> Asset:
     asset.save(out / "asset.ayg")
     o = cfg.output
     export_video(
-        asset, out / "preview.mp4", frames=o.preview_frames, fps=o.preview_fps,
-        width=o.preview_width, height=o.preview_height, backend=ctx.backend,
+        asset,
+        out / "preview.mp4",
+        frames=o.preview_frames,
+        fps=o.preview_fps,
+        width=o.preview_width,
+        height=o.preview_height,
+        backend=ctx.backend,
     )
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
@@ -115,30 +129,50 @@ def generate(
         teachers = build_teachers(cfg.teachers, device, ("multiview", "image"), seed=cfg.seed)
         cloud = run_stage1(prompt, cfg.stage1, teachers, ctx, seed=cfg.seed)
         del teachers
-        Asset.from_cloud(cloud, motion=None, prompts=[prompt], config=cfg.to_dict()).save(stage1_path)
+        Asset.from_cloud(cloud, motion=None, prompts=[prompt], config=cfg.to_dict()).save(
+            stage1_path
+        )
 
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
     motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
     motion = run_stage2(
-        prompt, cfg.stage2, cloud, motion, teachers, ctx, seed=cfg.seed + 1,
+        prompt,
+        cfg.stage2,
+        cloud,
+        motion,
+        teachers,
+        ctx,
+        seed=cfg.seed + 1,
         grad_frames=cfg.teachers.grad_frames,
     )
 
     if cfg.finetune.enabled:
         ft = cfg.finetune
         s1 = dataclasses.replace(
-            cfg.stage1, steps=ft.steps_3d, lr_scale=cfg.stage1.lr_scale * ft.lr_scale, width=ft.width,
-            height=ft.height, max_gaussians=ft.max_gaussians,
+            cfg.stage1,
+            steps=ft.steps_3d,
+            lr_scale=cfg.stage1.lr_scale * ft.lr_scale,
+            width=ft.width,
+            height=ft.height,
+            max_gaussians=ft.max_gaussians,
             # the t-ranges are already annealed at the end of stage 1
-            t_image_start=cfg.stage1.t_image_end, t_multiview_start=cfg.stage1.t_multiview_end,
+            t_image_start=cfg.stage1.t_image_end,
+            t_multiview_start=cfg.stage1.t_multiview_end,
         )
         t3 = build_teachers(cfg.teachers, device, ("multiview", "image"), seed=cfg.seed)
         cloud = run_stage1(prompt, s1, t3, ctx, seed=cfg.seed + 2, cloud=cloud, phase="finetune3d")
         del t3
         s2 = dataclasses.replace(cfg.stage2, steps=ft.steps_4d, lr=cfg.stage2.lr * ft.lr_scale)
         motion = run_stage2(
-            prompt, s2, cloud, motion, teachers, ctx, seed=cfg.seed + 3,
-            grad_frames=cfg.teachers.grad_frames, phase="finetune4d",
+            prompt,
+            s2,
+            cloud,
+            motion,
+            teachers,
+            ctx,
+            seed=cfg.seed + 3,
+            grad_frames=cfg.teachers.grad_frames,
+            phase="finetune4d",
         )
 
     asset = Asset.from_cloud(cloud, motion=motion, prompts=[prompt], config=cfg.to_dict())
@@ -167,7 +201,13 @@ def animate(
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
     motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
     motion = run_stage2(
-        prompt, cfg.stage2, cloud.to(device), motion, teachers, ctx, seed=cfg.seed + 1,
+        prompt,
+        cfg.stage2,
+        cloud.to(device),
+        motion,
+        teachers,
+        ctx,
+        seed=cfg.seed + 1,
         grad_frames=cfg.teachers.grad_frames,
     )
     asset = Asset.from_cloud(cloud, motion=motion, prompts=[prompt], config=cfg.to_dict())
@@ -201,18 +241,29 @@ def extend(
     out = Path(out)
     prepare_out_dir(out, resume)
     _check_resume_config(out, cfg, resume)
-    _write_config(out, cfg, {"command": "extend", "prompt": prompt, "asset": str(asset_path), "loop": loop})
+    _write_config(
+        out, cfg, {"command": "extend", "prompt": prompt, "asset": str(asset_path), "loop": loop}
+    )
     device = resolve_device(cfg.device)
     ctx = _context(cfg, out, device, progress, callback)
     motion = obj.motion if obj.motion is not None else Motion([])
     for seg in motion.segments:
         seg.field.to(device)
     kind = "loop" if loop else "extend" if motion.segments else "base"
-    motion.segments.append(new_segment(cfg.stage2, kind, prompt, device, seed=cfg.seed + len(motion.segments)))
+    motion.segments.append(
+        new_segment(cfg.stage2, kind, prompt, device, seed=cfg.seed + len(motion.segments))
+    )
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
     motion = run_stage2(
-        prompt, cfg.stage2, obj.cloud.to(device), motion, teachers, ctx, seed=cfg.seed + 11,
-        grad_frames=cfg.teachers.grad_frames, phase="extend",
+        prompt,
+        cfg.stage2,
+        obj.cloud.to(device),
+        motion,
+        teachers,
+        ctx,
+        seed=cfg.seed + 11,
+        grad_frames=cfg.teachers.grad_frames,
+        phase="extend",
     )
     prompts = list(asset.header.get("prompts") or []) + [prompt]
     new = Asset.from_cloud(obj.cloud, motion=motion, prompts=prompts, config=cfg.to_dict())
@@ -227,4 +278,11 @@ def load_cloud_or_asset(path: str | Path) -> Asset:
     return Asset.load(p)
 
 
-__all__ = ["generate", "animate", "extend", "load_cloud_or_asset", "resolve_device", "GaussianCloud"]
+__all__ = [
+    "generate",
+    "animate",
+    "extend",
+    "load_cloud_or_asset",
+    "resolve_device",
+    "GaussianCloud",
+]

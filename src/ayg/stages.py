@@ -30,10 +30,16 @@ import torch
 from torch import Tensor
 
 from ayg.cameras import FpsSampler, Stage1CameraSampler, Stage2CameraSampler, view_direction
-from ayg.config import RunConfig, Stage1Config, Stage2Config
+from ayg.config import Stage1Config, Stage2Config
 from ayg.deformation import DeformationConfig, DeformationField, Motion, Segment
 from ayg.distill import Conditioning, TeacherTerm, TRangeSchedule, distill_loss
-from ayg.gaussians import DensifyStrategy, GaussianCloud, GaussianLR, make_optimizer, update_learning_rate
+from ayg.gaussians import (
+    DensifyStrategy,
+    GaussianCloud,
+    GaussianLR,
+    make_optimizer,
+    update_learning_rate,
+)
 from ayg.io_utils import atomic_path
 from ayg.regularizers import jsd_regularizer, knn_indices, rigidity_loss
 from ayg.render import rasterize, render_gaussians
@@ -156,7 +162,9 @@ def stage1_terms(cfg: Stage1Config) -> tuple[TeacherTerm, TeacherTerm]:
     """The two teacher terms of eq. 22: (multiview, image)."""
     mv = TeacherTerm(
         weight=cfg.omega_3d,
-        t_range=TRangeSchedule(cfg.t_multiview_start, cfg.t_multiview_end, 0, cfg.t_multiview_steps),
+        t_range=TRangeSchedule(
+            cfg.t_multiview_start, cfg.t_multiview_end, 0, cfg.t_multiview_steps
+        ),
         mode=cfg.mode,
         cfg_scale=cfg.sds_guidance,
         negative_prompt=cfg.negative_prompt,
@@ -186,7 +194,11 @@ def run_stage1(
     generator = torch.Generator().manual_seed(seed)
     if cloud is None:
         cloud = GaussianCloud.init_sphere(
-            n=cfg.init_gaussians, radius=cfg.init_radius, sh_degree=cfg.sh_degree, generator=generator, device=device
+            n=cfg.init_gaussians,
+            radius=cfg.init_radius,
+            sh_degree=cfg.sh_degree,
+            generator=generator,
+            device=device,
         )
     else:
         cloud = cloud.clone().to(device)
@@ -219,7 +231,9 @@ def run_stage1(
         cloud = GaussianCloud.from_state_dict(ckpt["cloud"]).to(device)
         optimizer = make_optimizer(cloud, lr)
         optimizer.load_state_dict(ckpt["optimizer"])
-        strategy_state = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in ckpt["strategy"].items()}
+        strategy_state = {
+            k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in ckpt["strategy"].items()
+        }
         generator.set_state(ckpt["generator"])
         start, skipped = int(ckpt["step"]), int(ckpt["skipped"])
         ctx.log.truncate_after(phase, start)
@@ -245,7 +259,12 @@ def run_stage1(
         cams = sampler.sample(cfg.batch, generator, device)  # B·V cameras
         bg = _random_backgrounds(cfg.batch, generator, device).repeat_interleave(cfg.views, 0)
         out = render_gaussians(cloud, cams, background=bg, backend=ctx.backend)
-        info = {"means2d": out.means2d, "radii": out.radii, "width": cfg.width, "height": cfg.height}
+        info = {
+            "means2d": out.means2d,
+            "radii": out.radii,
+            "width": cfg.width,
+            "height": cfg.height,
+        }
         strategy.step_pre_backward(info)
         images = out.rgb.view(cfg.batch, cfg.views, 3, cfg.height, cfg.width)  # (B, V, 3, H, W)
 
@@ -253,16 +272,28 @@ def run_stage1(
         stats: dict[str, float] = {}
         if mv_teacher is not None:
             l_mv, s = distill_loss(
-                mv_teacher, mv_term, images, prompt, step, generator, cond=Conditioning(cameras=cams)
+                mv_teacher,
+                mv_term,
+                images,
+                prompt,
+                step,
+                generator,
+                cond=Conditioning(cameras=cams),
             )
             loss = loss + l_mv
             stats.update({f"mv_{k}": v for k, v in s.items()})
         if im_teacher is not None:
             views = [
-                view_direction(float(e), float(a)) for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist())
+                view_direction(float(e), float(a))
+                for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist(), strict=False)
             ]
             l_im, s = distill_loss(
-                im_teacher, im_term, images.reshape(-1, 1, 3, cfg.height, cfg.width), prompt, step, generator,
+                im_teacher,
+                im_term,
+                images.reshape(-1, 1, 3, cfg.height, cfg.width),
+                prompt,
+                step,
+                generator,
                 views=views,
             )
             loss = loss + l_im
@@ -286,7 +317,11 @@ def run_stage1(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3g}", N=cloud.num, skip=skipped)
-        if ctx.checkpoint_path is not None and (done % ctx.checkpoint_every == 0) and done < cfg.steps:
+        if (
+            ctx.checkpoint_path is not None
+            and (done % ctx.checkpoint_every == 0)
+            and done < cfg.steps
+        ):
             atomic_torch_save(
                 {
                     "phase": phase,
@@ -310,7 +345,9 @@ def run_stage1(
 # ----------------------------------------------------------------------------- stage 2
 
 
-def stage2_terms(cfg: Stage2Config, grad_frames: int | None = None) -> tuple[TeacherTerm, TeacherTerm]:
+def stage2_terms(
+    cfg: Stage2Config, grad_frames: int | None = None
+) -> tuple[TeacherTerm, TeacherTerm]:
     """The two teacher terms of eq. 24: (video, image)."""
     schedule = TRangeSchedule.constant(*cfg.t_range)
     vid = TeacherTerm(
@@ -323,7 +360,9 @@ def stage2_terms(cfg: Stage2Config, grad_frames: int | None = None) -> tuple[Tea
         motion_amplification=cfg.omega_ma,
         grad_frames=grad_frames,
     )
-    im = TeacherTerm(weight=cfg.omega_im, t_range=schedule, mode=cfg.mode, cfg_scale=cfg.sds_guidance)
+    im = TeacherTerm(
+        weight=cfg.omega_im, t_range=schedule, mode=cfg.mode, cfg_scale=cfg.sds_guidance
+    )
     return vid, im
 
 
@@ -344,7 +383,9 @@ def new_segment(cfg: Stage2Config, kind: str, prompt: str, device, seed: int = 0
     without touching the global RNG, so a resumed run builds the same field."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        field_ = DeformationField(DeformationConfig(hidden=cfg.hidden, layers=cfg.layers, frequencies=cfg.frequencies))
+        field_ = DeformationField(
+            DeformationConfig(hidden=cfg.hidden, layers=cfg.layers, frequencies=cfg.frequencies)
+        )
     return Segment(field=field_.to(device), kind=kind, prompt=prompt)
 
 
@@ -383,8 +424,12 @@ def run_stage2(
 
     means0 = cloud.means.detach()  # (N, 3)
     with torch.no_grad():
-        canon = motion.positions(means0, torch.tensor([motion.segment_start(len(motion.segments) - 1)], device=device))[0]
-    knn = knn_indices(canon, k=min(cfg.knn, max(cloud.num - 1, 1)))  # from the segment's first frame
+        canon = motion.positions(
+            means0, torch.tensor([motion.segment_start(len(motion.segments) - 1)], device=device)
+        )[0]
+    knn = knn_indices(
+        canon, k=min(cfg.knn, max(cloud.num - 1, 1))
+    )  # from the segment's first frame
     scales, quats, opacity, sh = cloud.scales, cloud.quats, cloud.opacity, cloud.sh
     if quats is not None:
         quats = cloud.rotations
@@ -415,23 +460,38 @@ def run_stage2(
         cams = cam_sampler.sample(B, generator, device)  # B·F cameras, clip-major
         bg = _random_backgrounds(B, generator, device).repeat_interleave(F, 0)
         positions, interp = motion.positions_for_training(means0, tau.reshape(-1))  # (B·F, N, 3)
-        out = rasterize(positions, scales, quats, opacity, sh, cams, background=bg, sh_degree=cloud.sh_degree,
-                        backend=ctx.backend)
+        out = rasterize(
+            positions,
+            scales,
+            quats,
+            opacity,
+            sh,
+            cams,
+            background=bg,
+            sh_degree=cloud.sh_degree,
+            backend=ctx.backend,
+        )
         frames = out.rgb.view(B, F, 3, H, W)
 
-        l_vid, s_vid = distill_loss(video, vid_term, frames, prompt, step, generator, cond=Conditioning(fps=fps))
+        l_vid, s_vid = distill_loss(
+            video, vid_term, frames, prompt, step, generator, cond=Conditioning(fps=fps)
+        )
         loss = l_vid
         stats = {f"vid_{k}": v for k, v in s_vid.items()}
         if image is not None:
             idx = image_frame_indices(B, F, cfg.image_frames, generator).to(device)  # (B, k)
             picked = torch.gather(frames, 1, idx[:, :, None, None, None].expand(-1, -1, 3, H, W))
-            l_im, s_im = distill_loss(image, im_term, picked.reshape(-1, 1, 3, H, W), prompt, step, generator)
+            l_im, s_im = distill_loss(
+                image, im_term, picked.reshape(-1, 1, 3, H, W), prompt, step, generator
+            )
             loss = loss + l_im
             stats.update({f"im_{k}": v for k, v in s_im.items()})
         delta = positions - canon[None]  # (B·F, N, 3) displacement of this segment
         l_rig = rigidity_loss(delta, knn)
         l_jsd = jsd_regularizer(canon, positions)
-        loss = loss + cfg.lambda_rigidity * l_rig + cfg.lambda_jsd * l_jsd + cfg.lambda_interp * interp
+        loss = (
+            loss + cfg.lambda_rigidity * l_rig + cfg.lambda_jsd * l_jsd + cfg.lambda_interp * interp
+        )
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -442,15 +502,25 @@ def run_stage2(
             optimizer.zero_grad(set_to_none=True)
         done = step + 1
         stats.update(
-            loss=loss.item(), rigidity=l_rig.item(), jsd=l_jsd.item(), interp=float(interp),
-            motion=delta.norm(dim=-1).mean().item(), skipped_steps=skipped,
+            loss=loss.item(),
+            rigidity=l_rig.item(),
+            jsd=l_jsd.item(),
+            interp=float(interp.detach()) if torch.is_tensor(interp) else float(interp),
+            motion=delta.norm(dim=-1).mean().item(),
+            skipped_steps=skipped,
         )
         if done % ctx.log_every == 0 or done == cfg.steps:
             ctx.log.write(phase, step, stats)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3g}", motion=f"{stats['motion']:.3f}", skip=skipped)
-        if ctx.checkpoint_path is not None and (done % ctx.checkpoint_every == 0) and done < cfg.steps:
+            bar.set_postfix(
+                loss=f"{stats['loss']:.3g}", motion=f"{stats['motion']:.3f}", skip=skipped
+            )
+        if (
+            ctx.checkpoint_path is not None
+            and (done % ctx.checkpoint_every == 0)
+            and done < cfg.steps
+        ):
             atomic_torch_save(
                 {
                     "phase": phase,

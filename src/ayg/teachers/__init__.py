@@ -16,7 +16,9 @@ from ayg.config import TeacherConfig
 ROLES = ("image", "multiview", "video")
 
 
-def build_teachers(cfg: TeacherConfig, device: torch.device, roles: tuple[str, ...], seed: int = 0) -> dict[str, Any]:
+def build_teachers(
+    cfg: TeacherConfig, device: torch.device, roles: tuple[str, ...], seed: int = 0
+) -> dict[str, Any]:
     """Teachers for ``roles`` (a subset of ROLES) on ``device``."""
     unknown = set(roles) - set(ROLES)
     if unknown:
@@ -24,7 +26,11 @@ def build_teachers(cfg: TeacherConfig, device: torch.device, roles: tuple[str, .
     if cfg.kind in ("toy", "random"):
         from ayg.teachers.toy import load_toy_teachers, random_toy_teachers
 
-        teachers = load_toy_teachers(device) if cfg.kind == "toy" else random_toy_teachers(seed, device=device)
+        teachers = (
+            load_toy_teachers(device)
+            if cfg.kind == "toy"
+            else random_toy_teachers(seed, device=device)
+        )
         return {r: teachers[r] for r in roles}
     if cfg.kind != "real":
         raise ValueError(f"teachers.kind must be real, toy or random, got '{cfg.kind}'")
@@ -58,7 +64,7 @@ def build_teachers(cfg: TeacherConfig, device: torch.device, roles: tuple[str, .
 def check_prompt(cfg: TeacherConfig, prompt: str) -> None:
     """Reject prompts a teacher cannot read, before any work starts (one clear line)."""
     if not prompt or not prompt.strip():
-        raise ValueError("the prompt is empty; give a text such as \"a blue cone nodding\"")
+        raise ValueError('the prompt is empty; give a text such as "a blue cone nodding"')
     if cfg.kind in ("toy", "random"):
         from ayg.toyworld.vocab import parse_prompt
 
