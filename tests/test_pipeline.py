@@ -264,3 +264,70 @@ def test_bad_input_one_line(tmp_path, args, needle):
         d = tmp_path / name
         assert not (d / "asset.ayg").exists()
     assert not (tmp_path / "s.ayg").exists()
+
+
+def test_render_rejects_ply_without_gaussian_fields(tmp_path):
+    """A mesh / point-cloud PLY (x y z red green blue) is not a splat: one error line."""
+    ply = tmp_path / "points.ply"
+    header = (
+        "ply\nformat binary_little_endian 1.0\nelement vertex 2\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n"
+    )
+    rows = np.zeros(
+        2, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "u1"), ("g", "u1"), ("b", "u1")]
+    )
+    ply.write_bytes(header.encode() + rows.tobytes())
+    res = run_cli("render", str(ply), "--out", str(tmp_path / "x.png"))
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert res.returncode != 0 and len(lines) == 1, res.stderr
+    assert lines[0].startswith("ayg: error:") and "f_dc_0" in lines[0], lines[0]
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_toy_preset_end_to_end(tmp_path):
+    """The shipped toy teachers through the same stages as the real preset (few steps), then
+    ``ayg eval --json`` on the result."""
+    from ayg.teachers.toy import toy_weights_available
+
+    if not toy_weights_available():
+        pytest.skip("toy weights not built")
+    out = tmp_path / "toy"
+    res = run_cli(
+        "generate",
+        "a blue cone nodding",
+        "--preset",
+        "toy",
+        "--out",
+        str(out),
+        "--steps-3d",
+        "12",
+        "--steps-4d",
+        "3",
+        "--no-progress",
+        "--set",
+        "output.preview_frames=4",
+        "--set",
+        "stage1.densify_start=6",
+        "--set",
+        "stage1.densify_every=6",
+    )
+    assert res.returncode == 0, res.stderr
+    for name in ("asset.ayg", "config.json", "preview.mp4", "losses.jsonl", "stage1.ayg"):
+        assert (out / name).exists(), name
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["preset"] == "toy" and cfg["teachers"]["kind"] == "toy"
+    assert cfg["stage1"]["steps"] == 12 and cfg["stage2"]["steps"] == 3
+    res = run_cli("eval", str(out / "asset.ayg"), "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    for key in (
+        "appearance_accuracy",
+        "motion_accuracy",
+        "motion_amount",
+        "drift",
+        "view_consistency",
+    ):
+        assert key in report
+    assert 0.0 <= report["appearance_accuracy"] <= 1.0
+    assert report["motion_amount"] >= 0.0
