@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing as mp
+import sys
 import time
 from pathlib import Path
 
-import torch
-
-from ayg.config import apply_overrides, preset
-from ayg.evaluate import evaluate_asset
-from ayg.pipeline import generate
-from ayg.teachers.toy import load_toy_classifiers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from toy_eval import _one  # noqa: E402  (one generate + evaluate per worker)
 
 ROWS: list[tuple[str, list[str]]] = [
     ("full AYG", []),
@@ -63,55 +61,48 @@ def main() -> None:
     )
     ap.add_argument("--rows", default=None, help="comma-separated row numbers (default: all)")
     ap.add_argument("--out", default="runs/ablations")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=2, help="parallel runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="extra overrides for every row")
     args = ap.parse_args()
 
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
-    rows = ROWS if args.rows is None else [ROWS[int(i)] for i in args.rows.split(",")]
-    out = Path(args.out)
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
+    rows = (
+        list(enumerate(ROWS))
+        if args.rows is None
+        else [(int(i), ROWS[int(i)]) for i in args.rows.split(",")]
     )
-    classifiers = load_toy_classifiers(device)
-    table = []
-    for r, (name, overrides) in enumerate(rows):
-        scores = {m: [] for m in METRICS}
-        t0 = time.perf_counter()
+    out = Path(args.out)
+    jobs, owner = [], []
+    for r, (_, overrides) in rows:
         for p, prompt in enumerate(prompts):
-            cfg = apply_overrides(
-                preset("toy"), [f'device="{device}"', f"seed={args.seed}", *args.set, *overrides]
+            jobs.append(
+                (
+                    prompt,
+                    str(out / f"row{r:02d}" / f"p{p:02d}"),
+                    args.device,
+                    args.seed,
+                    [*args.set, *overrides],
+                )
             )
-            run = out / f"row{r:02d}" / f"p{p:02d}"
-            asset = generate(
-                prompt, run, cfg, resume=(run / "config.json").exists(), progress=False
-            )
-            res = evaluate_asset(
-                asset.to(device),
-                prompt,
-                classifiers,
-                generator=torch.Generator().manual_seed(args.seed),
-            )
-            for m in METRICS:
-                scores[m].append(res.get(m))
-            (run / "eval.json").write_text(json.dumps(res, default=str, indent=2))
-        row = {
-            "row": name,
-            **{m: _mean(v) for m, v in scores.items()},
-            "seconds": time.perf_counter() - t0,
-        }
-        table.append(row)
-        print(json.dumps(row), flush=True)
-
+            owner.append(r)
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(args.workers) as pool:
+        results = pool.map(_one, jobs)
+    table = []
+    for r, (name, _) in rows:
+        mine = [res for res, o in zip(results, owner, strict=True) if o == r]
+        table.append({"row": name, **{m: _mean([x[m] for x in mine]) for m in METRICS}})
     header = f"{'setting':28s} " + " ".join(f"{m[:14]:>14s}" for m in METRICS)
-    print("\n" + header)
+    print(f"\n{len(prompts)} prompts per row, {time.perf_counter() - t0:.0f} s\n" + header)
     print("-" * len(header))
     for row in table:
         print(f"{row['row']:28s} " + " ".join(f"{row[m]:14.3f}" for m in METRICS))
-    (out / "table.json").write_text(json.dumps(table, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(
+        json.dumps({"prompts": prompts, "rows": table, "runs": results}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -34,12 +34,19 @@ def _one(job: tuple[str, str, str, int, list[str]]) -> dict:
     run = Path(out)
     asset = generate(prompt, run, cfg, resume=(run / "config.json").exists(), progress=False)
     res = evaluate_asset(
-        asset.to(device), prompt, load_toy_classifiers(device), generator=torch.Generator().manual_seed(seed)
+        asset.to(device),
+        prompt,
+        load_toy_classifiers(device),
+        generator=torch.Generator().manual_seed(seed),
     )
     toy = parse_prompt(prompt)
     keep = ("appearance_accuracy", "motion_accuracy", "motion_amount", "drift", "view_consistency")
-    return {"prompt": prompt, "held_out": toy.held_out, "seconds": time.perf_counter() - t0,
-            **{k: res.get(k) for k in keep}}
+    return {
+        "prompt": prompt,
+        "held_out": toy.held_out,
+        "seconds": time.perf_counter() - t0,
+        **{k: res.get(k) for k in keep},
+    }
 
 
 def _mean(xs: list) -> float:
@@ -65,7 +72,10 @@ def main() -> None:
     jobs = [(p, str(out / p.replace(" ", "_")), args.device, args.seed, args.set) for p in prompts]
     t0 = time.perf_counter()
     results = []
-    with mp.get_context("spawn").Pool(args.workers) as pool, open(out / "results.jsonl", "w") as log:
+    with (
+        mp.get_context("spawn").Pool(args.workers) as pool,
+        open(out / "results.jsonl", "w") as log,
+    ):
         for res in pool.imap_unordered(_one, jobs):
             results.append(res)
             log.write(json.dumps(res) + "\n")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ayg.cameras import Stage1CameraSampler, look_at_cameras
-from ayg.distill import Conditioning, TeacherTerm, distill_loss
+from ayg.distill import Conditioning, Teacher, TeacherTerm, distill_loss
 from ayg.teachers.toy import (
     WEIGHT_FILES,
     ToyClassifiers,
@@ -50,6 +50,7 @@ def _noisy(teacher: ToyTeacher, batch: int, seed: int = 0) -> torch.Tensor:
 )
 def test_protocol_shapes(teachers, kind, frames, res):
     t = teachers[kind]
+    assert isinstance(t, Teacher)
     assert t.kind == kind and t.frames == frames and t.device == torch.device("cpu")
     abar = t.alphas_cumprod()
     assert abar.shape == (1000,) and abar.dtype == torch.float32

@@ -137,6 +137,7 @@ class FinetuneConfig:
 
 @dataclass
 class OutputConfig:
+    preview: bool = True  # write preview.mp4 (needs imageio-ffmpeg)
     preview_frames: int = 48
     preview_fps: int = 12
     preview_width: int = 256

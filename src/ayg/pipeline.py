@@ -88,15 +88,16 @@ def _finish(asset: Asset, out: Path, cfg: RunConfig, ctx: RunContext) -> Asset:
 
     asset.save(out / "asset.ayg")
     o = cfg.output
-    export_video(
-        asset,
-        out / "preview.mp4",
-        frames=o.preview_frames,
-        fps=o.preview_fps,
-        width=o.preview_width,
-        height=o.preview_height,
-        backend=ctx.backend,
-    )
+    if o.preview:
+        export_video(
+            asset,
+            out / "preview.mp4",
+            frames=o.preview_frames,
+            fps=o.preview_fps,
+            width=o.preview_width,
+            height=o.preview_height,
+            backend=ctx.backend,
+        )
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         ckpt.unlink()

@@ -1,6 +1,8 @@
 """Train the toy world's three teachers and two classifiers (DESIGN §7).
 
-    PYTHONPATH=src python -m ayg.toyworld.train --out DIR [--budget-s 420] [--nets image,video]
+    PYTHONPATH=src python -m ayg.toyworld.train --out DIR [--budget-s 430] [--nets image,video]
+
+(the commands that made the shipped weights are in docs/TOY_TEACHERS.md)
 
 For each net: render a dataset once with the analytic renderer (``toyworld.data``; on the GPU
 when there is one), then train for a fixed number of steps with AdamW, a cosine learning rate,
@@ -15,6 +17,10 @@ decayed rate. With ``--parallel`` (default on CUDA) every net trains in its own 
 one GPU (these nets are launch-bound, so processes overlap well); then the main process
 evaluates: classifier accuracies on a held-out render set (another seed) and DDIM samples of
 every teacher judged by the classifiers, the video teacher's on held-out pairs too.
+
+``--init-from DIR`` starts the listed nets from DIR's weights (continued training; the nets are
+convolutional, so a classifier may continue at another input size); ``--compile true`` runs the
+training forward through ``torch.compile`` (eager again if that fails).
 
 Outputs in ``--out``: ``{image,multiview,video,appearance,motion}.safetensors`` (EMA weights, the
 config and a checksum in the metadata), ``report.json``, ``samples.png``.
@@ -71,7 +77,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" = cuda when available, else cpu
     parallel: bool = True  # one process per net (CUDA only)
-    budget_s: float = 420.0  # wall clock per net, rendering included
+    budget_s: float = 430.0  # wall clock per net, rendering included
     evaluate: bool = True
     supersample: int = 2  # anti-aliased renders (the renderer averages s×s subpixels)
     # dataset sizes (sequences) and held-out validation sizes
@@ -82,16 +88,16 @@ class TrainConfig:
     motion_data: int = 16_000
     val_data: int = 1024
     # steps and batch sizes (sequences per step)
-    image_steps: int = 12_000
-    multiview_steps: int = 12_000
-    video_steps: int = 12_000
-    appearance_steps: int = 4_000
-    motion_steps: int = 4_000
+    image_steps: int = 20_000
+    multiview_steps: int = 20_000
+    video_steps: int = 20_000
+    appearance_steps: int = 6_000
+    motion_steps: int = 10_000
     image_batch: int = 256
     multiview_batch: int = 64
-    video_batch: int = 24
+    video_batch: int = 32
     appearance_batch: int = 256
-    motion_batch: int = 32
+    motion_batch: int = 48
     # optimisation
     lr: float = 6e-4
     classifier_lr: float = 1e-3
