@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ayg.asset import Asset, AssetObject, Placement
-from ayg.cameras import look_at_cameras, orbit_cameras
+from ayg.cameras import look_at_cameras
 from ayg.export import (
     ExportError,
     export_ply_frames,
@@ -212,11 +212,3 @@ def test_viewer_without_viser_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_viser)
     with pytest.raises(viewer.ViewerError, match=r'pip install "ayg\[viewer\]"'):
         viewer.view(Asset.from_cloud(make_cloud(n=2)))
-
-
-def test_orbit_video_cameras_are_orbit_cameras():
-    from ayg.export import video_cameras
-
-    torch.testing.assert_close(
-        video_cameras(4, width=8, height=8).c2w, orbit_cameras(4, width=8, height=8).c2w
-    )

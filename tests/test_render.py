@@ -542,8 +542,16 @@ def test_sh_degree0_broadcasts_over_cameras():
     g = torch.Generator().manual_seed(0)
     means = torch.randn(5, 3, generator=g) * 0.1
     sh = torch.randn(5, 1, 3, generator=g)
-    out = rasterize(means, torch.full((5, 3), 0.1), None, torch.full((5,), 0.5), sh, cams, sh_degree=0)
-    rgb = rasterize(means, torch.full((5, 3), 0.1), None, torch.full((5,), 0.5),
-                    (0.5 + 0.28209479177387814 * sh[:, 0]).clamp_min(0), cams)
+    out = rasterize(
+        means, torch.full((5, 3), 0.1), None, torch.full((5,), 0.5), sh, cams, sh_degree=0
+    )
+    rgb = rasterize(
+        means,
+        torch.full((5, 3), 0.1),
+        None,
+        torch.full((5,), 0.5),
+        (0.5 + 0.28209479177387814 * sh[:, 0]).clamp_min(0),
+        cams,
+    )
     assert out.rgb.shape == (4, 3, 16, 16)
     torch.testing.assert_close(out.rgb, rgb.rgb)

@@ -233,20 +233,6 @@ def export_tracks(
 # video and turntable
 
 
-def video_cameras(
-    frames: int,
-    elevation: float = 15.0,
-    distance: float = 3.0,
-    fov: float = 40.0,
-    width: int = 256,
-    height: int = 256,
-    start_azimuth: float = 0.0,
-    device: torch.device | str = "cpu",
-) -> Cameras:
-    """One full orbit over ``frames`` frames (azimuth start + 360·i/frames)."""
-    return orbit_cameras(frames, elevation, distance, fov, width, height, start_azimuth, device)
-
-
 def export_video(
     asset: Asset,
     path: str | os.PathLike,
@@ -289,7 +275,7 @@ def export_video(
         times = torch.linspace(0.0, asset.duration, frames) if frames > 1 else torch.zeros(1)
     else:
         times = torch.full((frames,), float(time))
-    cams = video_cameras(frames, elevation, distance, fov, width, height, start_azimuth, dev)
+    cams = orbit_cameras(frames, elevation, distance, fov, width, height, start_azimuth, dev)
     rgb = _render_rgb(asset, cams, times.to(dev), _background(background, dev), backend, batch)
     write_mp4(path, to_uint8(rgb), fps)
     return path
@@ -387,6 +373,5 @@ __all__ = [
     "save_png",
     "to_uint8",
     "turntable_grid",
-    "video_cameras",
     "write_mp4",
 ]

@@ -155,6 +155,29 @@ def _load_checkpoint(path: Path | None, phase: str) -> dict | None:
     return ckpt
 
 
+def _end_of_step(
+    ctx: RunContext,
+    bar,
+    phase: str,
+    step: int,
+    total: int,
+    stats: dict[str, float],
+    postfix: dict[str, Any],
+    checkpoint: Callable[[], dict],
+) -> None:
+    """Log, progress bar, periodic atomic checkpoint (built lazily) and the step callback."""
+    done = step + 1
+    if done % ctx.log_every == 0 or done == total:
+        ctx.log.write(phase, step, stats)
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss']:.3g}", **postfix)
+    if ctx.checkpoint_path is not None and done % ctx.checkpoint_every == 0 and done < total:
+        atomic_torch_save(checkpoint(), ctx.checkpoint_path)
+    if ctx.callback is not None:
+        ctx.callback(phase, done)
+
+
 # ----------------------------------------------------------------------------- stage 1
 
 
@@ -312,30 +335,24 @@ def run_stage1(
         stats.update(loss=loss.item(), n_gaussians=cloud.num, skipped_steps=skipped)
         if isinstance(event, dict):
             stats.update({k: v for k, v in event.items() if isinstance(v, (int, float))})
-        if done % ctx.log_every == 0 or done == cfg.steps:
-            ctx.log.write(phase, step, stats)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3g}", N=cloud.num, skip=skipped)
-        if (
-            ctx.checkpoint_path is not None
-            and (done % ctx.checkpoint_every == 0)
-            and done < cfg.steps
-        ):
-            atomic_torch_save(
-                {
-                    "phase": phase,
-                    "step": done,
-                    "skipped": skipped,
-                    "cloud": cloud.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "strategy": strategy_state,
-                    "generator": generator.get_state(),
-                },
-                ctx.checkpoint_path,
-            )
-        if ctx.callback is not None:
-            ctx.callback(phase, done)
+        _end_of_step(
+            ctx,
+            bar,
+            phase,
+            step,
+            cfg.steps,
+            stats,
+            {"N": cloud.num, "skip": skipped},
+            lambda done=done, skipped=skipped: {
+                "phase": phase,
+                "step": done,
+                "skipped": skipped,
+                "cloud": cloud.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "strategy": strategy_state,
+                "generator": generator.get_state(),
+            },
+        )
     if bar is not None:
         bar.close()
     ctx.log.write(phase, cfg.steps, {"seconds": time.perf_counter() - t0, "skipped_steps": skipped})
@@ -509,31 +526,23 @@ def run_stage2(
             motion=delta.norm(dim=-1).mean().item(),
             skipped_steps=skipped,
         )
-        if done % ctx.log_every == 0 or done == cfg.steps:
-            ctx.log.write(phase, step, stats)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{stats['loss']:.3g}", motion=f"{stats['motion']:.3f}", skip=skipped
-            )
-        if (
-            ctx.checkpoint_path is not None
-            and (done % ctx.checkpoint_every == 0)
-            and done < cfg.steps
-        ):
-            atomic_torch_save(
-                {
-                    "phase": phase,
-                    "step": done,
-                    "skipped": skipped,
-                    "field": trained.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                },
-                ctx.checkpoint_path,
-            )
-        if ctx.callback is not None:
-            ctx.callback(phase, done)
+        _end_of_step(
+            ctx,
+            bar,
+            phase,
+            step,
+            cfg.steps,
+            stats,
+            {"motion": f"{stats['motion']:.3f}", "skip": skipped},
+            lambda done=done, skipped=skipped: {
+                "phase": phase,
+                "step": done,
+                "skipped": skipped,
+                "field": trained.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+            },
+        )
     if bar is not None:
         bar.close()
     trained.requires_grad_(False)
