@@ -4,6 +4,7 @@ prompt) → loop → compose → render → export, resume after an interruption
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -215,13 +216,16 @@ def test_resume_equals_uninterrupted(tmp_path, stop_phase, stop_step):
     torch.testing.assert_close(resumed.positions(g), ref.positions(g), rtol=0, atol=0)
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ayg.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=300,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -331,3 +335,29 @@ def test_toy_preset_end_to_end(tmp_path):
         assert key in report
     assert 0.0 <= report["appearance_accuracy"] <= 1.0
     assert report["motion_amount"] >= 0.0
+
+
+def test_real_preset_offline_without_models_is_one_line(tmp_path):
+    """The paper preset with an empty Hugging Face cache while offline: the error names the
+    model and how to fetch it, and no run directory is left behind."""
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"),
+    }
+    out = tmp_path / "run"
+    res = run_cli(
+        "generate",
+        "a cat dancing",
+        "--preset",
+        "paper",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        env=env,
+    )
+    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "hf download" in lines[0] and "stabilityai/stable-diffusion-2-1-base" in lines[0]
+    assert not out.exists()

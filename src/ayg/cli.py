@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 PRESET_NAMES = ("paper", "fast", "toy", "tiny")
@@ -319,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # library deprecation chatter (huggingface_hub, diffusers) is not the user's business
+    warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "preset", None) is not None and args.preset not in PRESET_NAMES:

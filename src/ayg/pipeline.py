@@ -37,17 +37,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_out_dir(out: Path, resume: bool) -> None:
-    """Refuse a path that is a file, or a directory holding another run unless resuming."""
+def check_out_dir(out: Path, resume: bool) -> None:
+    """Refuse a path that is a file, or a directory holding another run unless resuming.
+    Touches nothing: the directory is made only once the teachers have loaded."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output directory '{out}' is a file; give a directory path")
     if out.is_dir() and not resume and any((out / f).exists() for f in RUN_FILES):
         raise ValueError(
             f"'{out}' already holds a run; pass --resume to continue it or choose another --out"
         )
-    if resume and out.is_dir() and (out / "config.json").exists():
-        return
+
+
+def _start_run(out: Path, cfg: RunConfig, job: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    _write_config(out, cfg, job)
 
 
 def _context(
@@ -117,17 +120,23 @@ def generate(
     validate(cfg)
     check_prompt(cfg.teachers, prompt)
     out = Path(out)
-    prepare_out_dir(out, resume)
+    check_out_dir(out, resume)
     _check_resume_config(out, cfg, resume)
-    _write_config(out, cfg, {"command": "generate", "prompt": prompt})
     device = resolve_device(cfg.device)
+    stage1_path = out / "stage1.ayg"
+    need_stage1 = not (resume and stage1_path.exists())
+    # load the first teachers before anything is written: a missing model leaves no run behind
+    teachers = (
+        build_teachers(cfg.teachers, device, ("multiview", "image"), seed=cfg.seed)
+        if need_stage1
+        else None
+    )
+    _start_run(out, cfg, {"command": "generate", "prompt": prompt})
     ctx = _context(cfg, out, device, progress, callback)
 
-    stage1_path = out / "stage1.ayg"
-    if resume and stage1_path.exists():
+    if not need_stage1:
         cloud = Asset.load(stage1_path).objects[0].cloud.to(device)
     else:
-        teachers = build_teachers(cfg.teachers, device, ("multiview", "image"), seed=cfg.seed)
         cloud = run_stage1(prompt, cfg.stage1, teachers, ctx, seed=cfg.seed)
         del teachers
         Asset.from_cloud(cloud, motion=None, prompts=[prompt], config=cfg.to_dict()).save(
@@ -194,12 +203,12 @@ def animate(
     check_prompt(cfg.teachers, prompt)
     cloud = load_ply(ply)  # fails early with a PlyError for a bad file
     out = Path(out)
-    prepare_out_dir(out, resume)
+    check_out_dir(out, resume)
     _check_resume_config(out, cfg, resume)
-    _write_config(out, cfg, {"command": "animate", "prompt": prompt, "ply": str(ply)})
     device = resolve_device(cfg.device)
-    ctx = _context(cfg, out, device, progress, callback)
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
+    _start_run(out, cfg, {"command": "animate", "prompt": prompt, "ply": str(ply)})
+    ctx = _context(cfg, out, device, progress, callback)
     motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
     motion = run_stage2(
         prompt,
@@ -240,12 +249,13 @@ def extend(
         prompt = prompts[-1]
     check_prompt(cfg.teachers, prompt)
     out = Path(out)
-    prepare_out_dir(out, resume)
+    check_out_dir(out, resume)
     _check_resume_config(out, cfg, resume)
-    _write_config(
+    device = resolve_device(cfg.device)
+    teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
+    _start_run(
         out, cfg, {"command": "extend", "prompt": prompt, "asset": str(asset_path), "loop": loop}
     )
-    device = resolve_device(cfg.device)
     ctx = _context(cfg, out, device, progress, callback)
     motion = obj.motion if obj.motion is not None else Motion([])
     for seg in motion.segments:
@@ -254,7 +264,6 @@ def extend(
     motion.segments.append(
         new_segment(cfg.stage2, kind, prompt, device, seed=cfg.seed + len(motion.segments))
     )
-    teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
     motion = run_stage2(
         prompt,
         cfg.stage2,
