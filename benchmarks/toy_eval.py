@@ -60,13 +60,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    ap.add_argument("--start", type=int, default=0, help="first prompt index (of 48)")
+    ap.add_argument("--limit", type=int, default=None, help="at most N prompts from --start")
     ap.add_argument("--set", action="append", default=[], help="config overrides for every run")
     args = ap.parse_args()
 
     from ayg.toyworld.vocab import COLOURS, MOTIONS, SHAPES
 
-    prompts = [f"a {c} {s} {m}" for c in COLOURS for s in SHAPES for m in MOTIONS][: args.limit]
+    prompts = [f"a {c} {s} {m}" for c in COLOURS for s in SHAPES for m in MOTIONS]
+    stop = None if args.limit is None else args.start + args.limit
+    prompts = prompts[args.start : stop]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(p, str(out / p.replace(" ", "_")), args.device, args.seed, args.set) for p in prompts]
