@@ -361,3 +361,27 @@ def test_real_preset_offline_without_models_is_one_line(tmp_path):
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert "hf download" in lines[0] and "stabilityai/stable-diffusion-2-1-base" in lines[0]
     assert not out.exists()
+
+
+def test_finetune_stages_run_after_stage2(tmp_path):
+    """C.9: with fine-tuning on, more 3D steps (densification past the stage-1 cap, lr/5,
+    larger renders) then more 4D steps; both phases appear in the log and the asset keeps
+    one motion segment."""
+    cfg = tiny(
+        "finetune.enabled=true",
+        "finetune.steps_3d=4",
+        "finetune.steps_4d=2",
+        "finetune.width=40",
+        "finetune.height=40",
+        "stage1.max_gaussians=200",
+    )
+    asset = generate("a green ring swaying", tmp_path / "ft", cfg, progress=False)
+    phases = [
+        json.loads(line)["phase"]
+        for line in (tmp_path / "ft" / "losses.jsonl").read_text().splitlines()
+    ]
+    assert phases.index("finetune3d") > phases.index("stage2")
+    assert phases.index("finetune4d") > phases.index("finetune3d")
+    assert len(asset.objects[0].motion.segments) == 1
+    stage1 = Asset.load(tmp_path / "ft" / "stage1.ayg")
+    assert stage1.num_gaussians <= 200  # the stage-1 cap held; fine-tuning may pass it

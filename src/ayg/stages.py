@@ -224,7 +224,8 @@ def run_stage1(
             device=device,
         )
     else:
-        cloud = cloud.clone().to(device)
+        # a trainable copy (the cloud handed over is usually a frozen stage-1 result)
+        cloud = GaussianCloud.from_state_dict(cloud.state_dict(), requires_grad=True).to(device)
     lr = GaussianLR(
         position=cfg.lr_position,
         position_final=cfg.lr_position_final,
