@@ -385,3 +385,25 @@ def test_finetune_stages_run_after_stage2(tmp_path):
     assert len(asset.objects[0].motion.segments) == 1
     stage1 = Asset.load(tmp_path / "ft" / "stage1.ayg")
     assert stage1.num_gaussians <= 200  # the stage-1 cap held; fine-tuning may pass it
+
+
+def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
+    """A step whose gradient holds NaN is skipped (parameters untouched) and counted in the log."""
+    import ayg.stages as stages
+    from ayg.stages import LossLog, RunContext, run_stage1
+    from ayg.teachers import build_teachers
+
+    def fake_distill(teacher, term, images, prompt, step, generator=None, cond=None, views=None):
+        scale = float("nan") if step == 2 else 1.0
+        return images.mean() * scale, {}
+
+    monkeypatch.setattr(stages, "distill_loss", fake_distill)
+    cfg = tiny()
+    teachers = build_teachers(cfg.teachers, torch.device("cpu"), ("multiview", "image"))
+    log = tmp_path / "losses.jsonl"
+    ctx = RunContext(device=torch.device("cpu"), log=LossLog(log), log_every=1, progress=False)
+    cloud = run_stage1("a red ball", cfg.stage1, teachers, ctx, seed=0)
+    assert all(torch.isfinite(t).all() for t in cloud.state_dict().values() if torch.is_tensor(t))
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[-1]["skipped_steps"] == 1
+    assert [r["skipped_steps"] for r in records if r["step"] in (1, 2)] == [0, 1]
