@@ -213,7 +213,7 @@ def cmd_view(args) -> int:
     from ayg.pipeline import load_cloud_or_asset
     from ayg.viewer import view
 
-    view(load_cloud_or_asset(args.asset), port=args.port)
+    view(load_cloud_or_asset(args.asset), host=args.host, port=args.port)
     return 0
 
 
@@ -305,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("view", help="interactive viewer with a time slider (viser)")
     p.add_argument("asset")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: all)")
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_view)
 

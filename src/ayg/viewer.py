@@ -101,7 +101,7 @@ def _set_background(client, image: np.ndarray) -> None:
 
 def view(
     asset: Asset,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     port: int = 8080,
     resolution: int = 512,
     device: torch.device | str | None = None,
