@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 SEGMENT_KINDS = ("base", "extend", "loop")
 SEGMENT_STRIDE = 0.5  # a new segment starts at the middle frame of the previous one (sec. 3.4)
@@ -87,6 +88,9 @@ class DeformationField(nn.Module):
     LayerNorm, ReLU, Linear (zero-initialised). A fresh field is the identity (Δ = 0).
     """
 
+    #: T·N above which the MLP runs in checkpointed chunks when gradients are recorded.
+    checkpoint_points: int = 1 << 20
+
     def __init__(self, cfg: DeformationConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or DeformationConfig()
@@ -117,9 +121,25 @@ class DeformationField(nn.Module):
         # First layer split over (xyz, τ) features so the xyz part is computed once for all T.
         h_xyz = nn.functional.linear(enc_xyz, first.weight[:, :n_xyz], first.bias)  # (N, H)
         h_tau = nn.functional.linear(enc_tau, first.weight[:, n_xyz:])  # (T, H)
-        h = h_xyz[None] + h_tau[:, None]  # (T, N, H)
-        h = self.mlp[1:](h)  # (T, N, 3)
+        T, N = h_tau.shape[0], h_xyz.shape[0]
+        if torch.is_grad_enabled() and T * N > self.checkpoint_points:
+            # Checkpointed chunks over the Gaussians: backward memory then grows with the chunk,
+            # not with T·N (150k Gaussians × 64 times in the fine-tuning of C.9).
+            step = max(1, self.checkpoint_points // T)
+            h = torch.cat(
+                [
+                    checkpoint(self._tail, h_xyz[i : i + step], h_tau, use_reentrant=False)
+                    for i in range(0, N, step)
+                ],
+                dim=1,
+            )
+        else:
+            h = self._tail(h_xyz, h_tau)  # (T, N, 3)
         return torch.tanh(h / self.cfg.clamp) * self.cfg.clamp
+
+    def _tail(self, h_xyz: Tensor, h_tau: Tensor) -> Tensor:
+        """Everything after the first linear layer: (n, H), (T, H) -> (T, n, 3)."""
+        return self.mlp[1:](h_xyz[None] + h_tau[:, None])
 
     def forward(self, means: Tensor, tau: Tensor) -> Tensor:
         """Displacements ξ(τ)·Δ of every Gaussian at every time: (N,3), (T,) -> (T, N, 3)."""
