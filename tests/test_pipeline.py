@@ -407,3 +407,41 @@ def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert records[-1]["skipped_steps"] == 1
     assert [r["skipped_steps"] for r in records if r["step"] in (1, 2)] == [0, 1]
+
+
+@pytest.mark.parametrize("stop_phase", ["finetune3d", "finetune4d"])
+def test_resume_inside_finetuning_equals_uninterrupted(tmp_path, stop_phase):
+    """Interrupted during a fine-tuning phase (C.9), the resumed run skips the finished phases
+    (stage1.ayg, stage2.ayg, finetune3d.ayg) and ends on the uninterrupted run's asset."""
+    over = (
+        "finetune.enabled=true",
+        "finetune.steps_3d=4",
+        "finetune.steps_4d=4",
+        "finetune.width=40",
+        "finetune.height=40",
+    )
+    generate("a yellow cube spinning", tmp_path / "ref", tiny(*over), progress=False)
+
+    def boom(phase, step):
+        if phase == stop_phase and step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        generate(
+            "a yellow cube spinning", tmp_path / "run", tiny(*over), progress=False, callback=boom
+        )
+    seen = []
+    generate(
+        "a yellow cube spinning",
+        tmp_path / "run",
+        tiny(*over),
+        resume=True,
+        progress=False,
+        callback=lambda phase, step: seen.append(phase),
+    )
+    assert "stage1" not in seen and "stage2" not in seen
+    a = load_file(str(tmp_path / "ref" / "asset.ayg"))
+    b = load_file(str(tmp_path / "run" / "asset.ayg"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -144,17 +144,25 @@ def generate(
         )
 
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
-    motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
-    motion = run_stage2(
-        prompt,
-        cfg.stage2,
-        cloud,
-        motion,
-        teachers,
-        ctx,
-        seed=cfg.seed + 1,
-        grad_frames=cfg.teachers.grad_frames,
-    )
+    stage2_path = out / "stage2.ayg"  # kept only when fine-tuning follows
+    if resume and stage2_path.exists():
+        motion = Asset.load(stage2_path).objects[0].motion.to(device)
+    else:
+        motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
+        motion = run_stage2(
+            prompt,
+            cfg.stage2,
+            cloud,
+            motion,
+            teachers,
+            ctx,
+            seed=cfg.seed + 1,
+            grad_frames=cfg.teachers.grad_frames,
+        )
+        if cfg.finetune.enabled:
+            Asset.from_cloud(cloud, motion=motion, prompts=[prompt], config=cfg.to_dict()).save(
+                stage2_path
+            )
 
     if cfg.finetune.enabled:
         ft = cfg.finetune
@@ -169,9 +177,18 @@ def generate(
             t_image_start=cfg.stage1.t_image_end,
             t_multiview_start=cfg.stage1.t_multiview_end,
         )
-        t3 = build_teachers(cfg.teachers, device, ("multiview", "image"), seed=cfg.seed)
-        cloud = run_stage1(prompt, s1, t3, ctx, seed=cfg.seed + 2, cloud=cloud, phase="finetune3d")
-        del t3
+        ft3_path = out / "finetune3d.ayg"
+        if resume and ft3_path.exists():
+            cloud = Asset.load(ft3_path).objects[0].cloud.to(device)
+        else:
+            t3 = build_teachers(cfg.teachers, device, ("multiview", "image"), seed=cfg.seed)
+            cloud = run_stage1(
+                prompt, s1, t3, ctx, seed=cfg.seed + 2, cloud=cloud, phase="finetune3d"
+            )
+            del t3
+            Asset.from_cloud(cloud, motion=None, prompts=[prompt], config=cfg.to_dict()).save(
+                ft3_path
+            )
         s2 = dataclasses.replace(cfg.stage2, steps=ft.steps_4d, lr=cfg.stage2.lr * ft.lr_scale)
         motion = run_stage2(
             prompt,
