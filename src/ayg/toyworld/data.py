@@ -155,6 +155,31 @@ def render_sequences(
     return out.rgb.reshape(B, F, 3, H, W), out.alpha.reshape(B, F, 1, H, W)
 
 
+def _rendered_batch(
+    prompts: list[ToyPrompt],
+    tokens: Tensor,
+    cams: Cameras,
+    tau: Tensor,
+    bg: Tensor,
+    supersample: int,
+    device: torch.device | str,
+    fps: Tensor | None = None,
+) -> ToyBatch:
+    """Render the sequences and pack them, every tensor on ``device``."""
+    images, alpha = render_sequences(prompts, cams, tau, bg, supersample)
+    return ToyBatch(
+        images,
+        alpha,
+        tokens.to(device),
+        cams,
+        tau.to(device),
+        bg.to(device),
+        prompts,
+        _views(cams),
+        None if fps is None else fps.to(device),
+    )
+
+
 def _static_batch(
     batch: int,
     res: Res,
@@ -184,10 +209,7 @@ def _static_batch(
             prompts[i] = ToyPrompt(*TRAIN_PAIRS[pair[i]], MOTIONS[motion[i]])
             tokens[i] = prompts[i].tokens()
             tau[i] = times[i]
-    images, alpha = render_sequences(prompts, cams, tau, bg, supersample)
-    return ToyBatch(
-        images, alpha, tokens.to(device), cams, tau.to(device), bg.to(device), prompts, _views(cams)
-    )
+    return _rendered_batch(prompts, tokens, cams, tau, bg, supersample, device)
 
 
 def sample_image_batch(
@@ -268,18 +290,7 @@ def sample_video_batch(
     cams = sampler.sample(batch, generator, device)
     bg = _backgrounds(batch, generator)
     tokens = torch.stack([p.tokens() for p in prompts])
-    images, alpha = render_sequences(prompts, cams, tau, bg, supersample)
-    return ToyBatch(
-        images,
-        alpha,
-        tokens.to(device),
-        cams,
-        tau.to(device),
-        bg.to(device),
-        prompts,
-        _views(cams),
-        fps.to(device),
-    )
+    return _rendered_batch(prompts, tokens, cams, tau, bg, supersample, device, fps)
 
 
 def eval_cameras(
@@ -322,10 +333,7 @@ def sample_appearance_batch(
     cams = Cameras.cat([(stage1, stage2, evalc)[int(k)][i] for i, k in enumerate(kind)])
     bg = _backgrounds(batch, generator)
     tokens = torch.stack([p.tokens() for p in prompts])
-    images, alpha = render_sequences(prompts, cams, tau, bg, supersample)
-    return ToyBatch(
-        images, alpha, tokens.to(device), cams, tau.to(device), bg.to(device), prompts, _views(cams)
-    )
+    return _rendered_batch(prompts, tokens, cams, tau, bg, supersample, device)
 
 
 def sample_motion_batch(
@@ -358,18 +366,7 @@ def sample_motion_batch(
     cams = Cameras.cat([(fixed if bool(s) else dynamic)[i] for i, s in enumerate(sel)])
     bg = _backgrounds(batch, generator)
     tokens = torch.stack([p.tokens() for p in prompts])
-    images, alpha = render_sequences(prompts, cams, tau, bg, supersample)
-    return ToyBatch(
-        images,
-        alpha,
-        tokens.to(device),
-        cams,
-        tau.to(device),
-        bg.to(device),
-        prompts,
-        _views(cams),
-        fps.to(device),
-    )
+    return _rendered_batch(prompts, tokens, cams, tau, bg, supersample, device, fps)
 
 
 def drop_tokens(
