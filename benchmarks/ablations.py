@@ -54,6 +54,33 @@ def _mean(values: list) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
+def _job(item: tuple[int, tuple]) -> tuple[int, dict]:
+    row, job = item
+    return row, _one(job)
+
+
+def print_table(runs: list[dict], prompts: list[str], seconds: float | None = None) -> list[dict]:
+    """One line per row (in ROWS order) of the metrics averaged over that row's runs."""
+    table = []
+    for r, (name, _) in enumerate(ROWS):
+        mine = [x for x in runs if x["row"] == r]
+        if mine:
+            table.append(
+                {
+                    "row": name,
+                    "runs": len(mine),
+                    **{m: _mean([x[m] for x in mine]) for m in METRICS},
+                }
+            )
+    took = "" if seconds is None else f", {seconds:.0f} s"
+    header = f"{'setting':28s} {'runs':>4s} " + " ".join(f"{m[:14]:>14s}" for m in METRICS)
+    print(f"\nprompts: {'; '.join(prompts)}{took}\n" + header)
+    print("-" * len(header))
+    for row in table:
+        print(f"{row['row']:28s} {row['runs']:4d} " + " ".join(f"{row[m]:14.3f}" for m in METRICS))
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -65,43 +92,53 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="parallel runs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="extra overrides for every row")
+    ap.add_argument(
+        "--summarize",
+        nargs="+",
+        default=None,
+        metavar="RUNS_JSONL",
+        help="print the table of finished runs (runs.jsonl files of earlier calls) and exit",
+    )
     args = ap.parse_args()
 
+    if args.summarize:
+        runs = [json.loads(line) for f in args.summarize for line in open(f) if line.strip()]
+        prompts = list(dict.fromkeys(r["prompt"] for r in runs))
+        print_table(runs, prompts)
+        return
+
     prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
-    rows = (
-        list(enumerate(ROWS))
-        if args.rows is None
-        else [(int(i), ROWS[int(i)]) for i in args.rows.split(",")]
-    )
+    rows = range(len(ROWS)) if args.rows is None else [int(i) for i in args.rows.split(",")]
     out = Path(args.out)
-    jobs, owner = [], []
-    for r, (_, overrides) in rows:
-        for p, prompt in enumerate(prompts):
-            jobs.append(
-                (
-                    prompt,
-                    str(out / f"row{r:02d}" / f"p{p:02d}"),
-                    args.device,
-                    args.seed,
-                    [*args.set, *overrides],
-                )
-            )
-            owner.append(r)
-    t0 = time.perf_counter()
-    with mp.get_context("spawn").Pool(args.workers) as pool:
-        results = pool.map(_one, jobs)
-    table = []
-    for r, (name, _) in rows:
-        mine = [res for res, o in zip(results, owner, strict=True) if o == r]
-        table.append({"row": name, **{m: _mean([x[m] for x in mine]) for m in METRICS}})
-    header = f"{'setting':28s} " + " ".join(f"{m[:14]:>14s}" for m in METRICS)
-    print(f"\n{len(prompts)} prompts per row, {time.perf_counter() - t0:.0f} s\n" + header)
-    print("-" * len(header))
-    for row in table:
-        print(f"{row['row']:28s} " + " ".join(f"{row[m]:14.3f}" for m in METRICS))
     out.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (
+            r,
+            (
+                prompt,
+                str(out / f"row{r:02d}" / f"p{p:02d}"),
+                args.device,
+                args.seed,
+                [*args.set, *ROWS[r][1]],
+            ),
+        )
+        for r in rows
+        for p, prompt in enumerate(prompts)
+    ]
+    t0 = time.perf_counter()
+    runs = []
+    # every finished run is appended at once, so an interrupted call keeps what it finished
+    with (
+        mp.get_context("spawn").Pool(args.workers) as pool,
+        open(out / "runs.jsonl", "a") as log,
+    ):
+        for r, res in pool.imap_unordered(_job, jobs):
+            runs.append({"row": r, "setting": ROWS[r][0], **res})
+            log.write(json.dumps(runs[-1]) + "\n")
+            log.flush()
+    table = print_table(runs, prompts, time.perf_counter() - t0)
     (out / "table.json").write_text(
-        json.dumps({"prompts": prompts, "rows": table, "runs": results}, indent=2)
+        json.dumps({"prompts": prompts, "rows": table, "runs": runs}, indent=2)
     )
 
 

@@ -21,7 +21,8 @@ from ayg.teachers.toy import (
     random_toy_teachers,
     weights_path,
 )
-from ayg.toyworld.nets import checksum, linear_alphas_cumprod, load_net
+from ayg.toyworld.nets import ToyUNet, UNetConfig, checksum, linear_alphas_cumprod, load_net
+from ayg.toyworld.train import TrainConfig, diffusion_classifier, load_grown
 from ayg.toyworld.vocab import NULL_TOKENS, VIDEO_NEGATIVE_PROMPT
 
 
@@ -57,7 +58,7 @@ def test_protocol_shapes(teachers, kind, frames, res):
     torch.testing.assert_close(abar, linear_alphas_cumprod(1000, 1e-4, 0.02))
     assert bool((abar[1:] < abar[:-1]).all()) and 0.0 < float(abar[-1]) < float(abar[0]) < 1.0
 
-    images = torch.rand(2, frames, 3, 40, 64)
+    images = torch.rand(2, frames, 3, 48, 80)  # any render size: encode resizes
     z = t.encode(images)
     assert z.shape == (2, frames, 3, *res)
     assert float(z.min()) >= -1.0 and float(z.max()) <= 1.0
@@ -293,3 +294,48 @@ def test_shipped_appearance_classifier_reads_a_render():
     colour, shape = load_toy_classifiers("cpu").appearance(rgb)
     assert colour.argmax(-1).tolist() == [0, 1, 2]
     assert shape.argmax(-1).tolist() == [0, 1, 2]
+
+
+def _small_video(levels: tuple[int, ...]) -> ToyUNet:
+    torch.manual_seed(0)
+    cfg = UNetConfig(
+        kind="video",
+        frames=16,
+        height=8,
+        width=8,
+        channels=(8, 16),
+        temporal_attention_levels=levels,
+    )
+    return ToyUNet(cfg).eval()
+
+
+def test_grown_video_net_starts_as_the_smaller_one():
+    # Temporal attention added to a trained net (init-from) is zero-initialised: same outputs.
+    small, grown = _small_video(()), _small_video((0, 1))
+    for p in small.parameters():  # a "trained" net: no zero-initialised layers left
+        p.data.normal_(0.0, 0.1)
+    missing = load_grown(grown, small.state_dict())
+    assert missing and all(".attn." in k for k in missing)
+    x = torch.randn(2, 16, 3, 8, 8)
+    emb = small.embed_tokens(torch.tensor([[0, 1, 2], [1, 2, 3]]))
+    args = (x, torch.tensor([100, 700]), emb, None, torch.tensor([4.0, 12.0]))
+    with torch.no_grad():
+        torch.testing.assert_close(grown(*args), small(*args))
+        for p in grown.parameters():  # and the new layers do act once trained
+            p.data.add_(0.05 * torch.randn_like(p))
+        assert (grown(*args) - small(*args)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="no place"):
+        load_grown(small, grown.state_dict())
+
+
+def test_diffusion_classifier_bookkeeping():
+    # A video net that ignores the motion token scores all four tokens alike, so the argmin
+    # picks the first class (static) for every clip: static right, moving clips wrong.
+    net = _small_video(())
+    net.motion_emb.weight.data.zero_()
+    cfg = TrainConfig(device="cpu", supersample=1)
+    rep = diffusion_classifier(net, cfg, clips=12, times=(300,), draws=1)
+    conf = torch.tensor(rep["confusion_true_by_pred"])
+    assert conf.sum() == 12 and conf[:, 1:].sum() == 0
+    assert rep["acc"] == pytest.approx(float(conf[0, 0]) / 12)
+    assert rep["acc_static"] == 1.0 and rep["acc_moving_seen_pairs"] == 0.0

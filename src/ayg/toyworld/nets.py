@@ -77,8 +77,12 @@ class UNetConfig:
     beta_end: float = 0.02
     timesteps: int = 1000
     camera_features: int = 8
+    # video: levels (0 = full resolution) whose down and up blocks also get a temporal
+    # attention over the frames at every pixel (the bottleneck always has one)
+    temporal_attention_levels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        self.temporal_attention_levels = tuple(self.temporal_attention_levels)
         if isinstance(self.tokens, dict):
             self.tokens = TokenConfig(**self.tokens)
         self.channels = tuple(self.channels)
@@ -124,7 +128,8 @@ def default_config(name: str) -> UNetConfig | AppearanceConfig | MotionConfig:
     if name == "multiview":
         return UNetConfig(kind="multiview", frames=4, height=32, width=32, channels=(32, 64, 128))
     if name == "video":
-        # 24×40 ≈ the 160×256 aspect of stage 2 (C.6, C.8)
+        # 24×40 ≈ the 160×256 aspect of stage 2 (C.6, C.8). (40×64 with temporal attention at
+        # levels 1 and 2 was tried and measured worse: docs/TOY_TEACHERS.md, "Attempts".)
         return UNetConfig(kind="video", frames=16, height=24, width=40, channels=(32, 64, 96))
     if name == "appearance":
         return AppearanceConfig()
@@ -287,6 +292,20 @@ class TemporalConv(nn.Module):
         return x + t.view(b, h * w, c, frames).permute(0, 3, 2, 1).reshape(n, c, h, w)
 
 
+class TemporalAttention(nn.Module):
+    """Residual attention over the frames at every pixel, with learned frame positions
+    (zero-initialised output: a new one leaves the net's function unchanged)."""
+
+    def __init__(self, channels: int, frames: int, heads: int) -> None:
+        super().__init__()
+        self.attn = TokenAttention(channels, heads)
+        self.frame_pos = nn.Parameter(torch.zeros(frames, channels))
+
+    def forward(self, x: Tensor, frames: int) -> Tensor:
+        t = _to_tokens(x, frames, "temporal") + self.frame_pos
+        return _from_tokens(self.attn(t), frames, "temporal", x.shape)
+
+
 class MidBlock(nn.Module):
     """Bottleneck: ResBlock, self-attention (per view, or across views for "multiview"),
     temporal attention ("video"), cross-attention to the 3 text tokens, ResBlock."""
@@ -317,6 +336,12 @@ class MidBlock(nn.Module):
         return self.res2(x, cond)
 
 
+def _temporal(layer: nn.Module, h: Tensor, frames: int) -> Tensor:
+    if isinstance(layer, nn.ModuleDict):
+        return layer["attn"](layer["conv"](h, frames), frames)
+    return layer(h, frames)
+
+
 class ToyUNet(nn.Module):
     """ε-prediction UNet on (B, F, 3, H, W) pixels in [-1, 1]."""
 
@@ -339,6 +364,18 @@ class ToyUNet(nn.Module):
         )
 
         video = cfg.kind == "video"
+        levels = cfg.temporal_attention_levels if video else ()
+
+        def temporal(i: int, c: int) -> nn.Module:
+            if i not in levels:
+                return TemporalConv(c, cfg.groups) if video else nn.Identity()
+            return nn.ModuleDict(
+                {
+                    "conv": TemporalConv(c, cfg.groups),
+                    "attn": TemporalAttention(c, cfg.frames, cfg.heads),
+                }
+            )
+
         self.conv_in = nn.Conv2d(3, ch[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.down_tconv = nn.ModuleList()
@@ -346,7 +383,7 @@ class ToyUNet(nn.Module):
         c_prev = ch[0]
         for i, c in enumerate(ch):
             self.down.append(ResBlock(c_prev, c, e, cfg.groups))
-            self.down_tconv.append(TemporalConv(c, cfg.groups) if video else nn.Identity())
+            self.down_tconv.append(temporal(i, c))
             if i < len(ch) - 1:
                 self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
             c_prev = c
@@ -356,7 +393,7 @@ class ToyUNet(nn.Module):
         self.upsample = nn.ModuleList()
         for i in reversed(range(len(ch))):
             self.up.append(ResBlock(c_prev + ch[i], ch[i], e, cfg.groups))
-            self.up_tconv.append(TemporalConv(ch[i], cfg.groups) if video else nn.Identity())
+            self.up_tconv.append(temporal(i, ch[i]))
             c_prev = ch[i]
             if i > 0:
                 self.upsample.append(nn.Conv2d(ch[i], ch[i - 1], 3, padding=1))
@@ -411,14 +448,14 @@ class ToyUNet(nn.Module):
         skips = []
         for i, block in enumerate(self.down):
             h = block(h, cond)
-            h = self.down_tconv[i](h, f) if cfg.kind == "video" else h
+            h = _temporal(self.down_tconv[i], h, f) if cfg.kind == "video" else h
             skips.append(h)
             if i < len(self.downsample):
                 h = self.downsample[i](h)
         h = self.mid(h, cond, text_f)
         for j, block in enumerate(self.up):
             h = block(torch.cat([h, skips.pop()], dim=1), cond)
-            h = self.up_tconv[j](h, f) if cfg.kind == "video" else h
+            h = _temporal(self.up_tconv[j], h, f) if cfg.kind == "video" else h
             if j < len(self.upsample):
                 h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         out = self.conv_out(F.silu(self.norm_out(h)))

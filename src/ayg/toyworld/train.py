@@ -61,7 +61,14 @@ from ayg.toyworld.nets import (
     load_net,
     save_net,
 )
-from ayg.toyworld.vocab import COLOURS, MOTION_CLASSES, NULL_TOKENS, SHAPES, ToyPrompt
+from ayg.toyworld.vocab import (
+    COLOURS,
+    HELD_OUT,
+    MOTION_CLASSES,
+    NULL_TOKENS,
+    SHAPES,
+    ToyPrompt,
+)
 
 TEACHERS = ("image", "multiview", "video")
 CLASSIFIERS = ("appearance", "motion")
@@ -111,6 +118,9 @@ class TrainConfig:
     sample_steps: int = 50
     guidance: float = 4.0
     samples_per_prompt: int = 4
+    classifier_clips: int = (
+        256  # ground-truth clips of the video teacher's diffusion-classifier check
+    )
     render_chunk: int = 8192  # frames rendered per call (dataset pre-rendering)
     render_frac: float = 0.3  # at most this share of a net's budget goes to rendering its data
     threads: int = 2  # torch CPU threads per process
@@ -250,6 +260,26 @@ def render_dataset(
     )
 
 
+def load_grown(net: nn.Module, state: dict[str, Tensor]) -> list[str]:
+    """Load ``state`` of a smaller net into ``net``, which may have gained layers (a video
+    UNet's temporal attention: its temporal conv moves under ".conv"). Returns the names of
+    ``net``'s tensors left at their initialisation; any tensor of ``state`` that finds no place
+    is an error."""
+    own = net.state_dict()
+    mapped = {}
+    for key, value in state.items():
+        if key not in own:
+            parts = key.split(".")
+            alt = ".".join(parts[:2] + ["conv"] + parts[2:])
+            if parts[0] in ("down_tconv", "up_tconv") and alt in own:
+                key = alt
+            else:
+                raise ValueError(f"--init-from: tensor {key!r} has no place in the net")
+        mapped[key] = value
+    net.load_state_dict(mapped, strict=False)
+    return [k for k in own if k not in mapped]
+
+
 def drop_tokens(tokens: Tensor, cfg: TrainConfig, generator: torch.Generator) -> Tensor:
     """Caption dropout (B, 3) → (B, 3): whole prompt with p = drop_all, else each slot with
     p = drop_slot (independently) set to its null id."""
@@ -386,7 +416,9 @@ def train_net(name: str, cfg: TrainConfig) -> dict:
     init_path = weights_file(cfg, name, Path("/nonexistent"))
     if init_path is not None:
         init, init_meta = load_net(init_path)
-        net.load_state_dict(init.state_dict())  # convolutional nets load at any resolution
+        missing = load_grown(net, init.state_dict())  # convolutional: any resolution
+        if missing:
+            log(name, f"new layers (zero-initialised): {len(missing)} tensors")
         prev = json.loads(init_meta.get("train", "{}"))
         init_steps = int(prev.get("total_steps", prev.get("steps", 0)))
         log(name, f"initialised from {init_path} ({init_steps} steps)")
@@ -591,7 +623,7 @@ def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
         video: dict = {}
         for fps_value in (4.0, 8.0):
             fps = torch.full((len(prompts),), fps_value, device=device)
-            x = sample("video", prompts, None, fps)  # (N, 16, 3, 24, 40)
+            x = sample("video", prompts, None, fps)  # (N, 16, 3, h, w)
             pred = mot(
                 F.interpolate(
                     x.flatten(0, 1),
@@ -623,9 +655,70 @@ def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
                     i for i, p in enumerate(prompts) if not p.held_out and p.motion == "spinning"
                 ][::n][:2]
                 grids.extend(x[pick])  # rows of 16 frames
+        video["diffusion_classifier"] = diffusion_classifier(
+            load_net(weights_file(cfg, "video", out), device)[0], cfg, cfg.classifier_clips
+        )
         report["video"] = video
     _save_grid(grids, out / "samples.png")
     return report
+
+
+@torch.no_grad()
+def diffusion_classifier(
+    net: nn.Module,
+    cfg: TrainConfig,
+    clips: int = 256,
+    times: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700),
+    draws: int = 2,
+) -> dict:
+    """The video teacher read as a classifier of motion: for ground-truth clips (every pair,
+    a quarter static, stage-2 cameras and fps), the motion token whose ε-prediction has the
+    lowest MSE, summed over ``times`` × ``draws`` noise draws (same noise for every token).
+    This measures what score distillation relies on: whether the conditional score knows the
+    motion of a clip it is shown (the DDIM samples measure generation instead)."""
+    device = torch.device(cfg.device)
+    c = net.cfg
+    gen = torch.Generator().manual_seed(777)  # the same clips for every run
+    with device_rendering(device):
+        tb = toydata.sample_video_batch(
+            clips, (c.height, c.width), gen, exclude_held_out=False, supersample=cfg.supersample
+        )
+    x0 = (tb.images.to(device) * 2.0 - 1.0).float()
+    fps = tb.fps.float().to(device)
+    abar = net.alphas_cumprod.to(device)
+    err = torch.zeros(clips, len(MOTION_CLASSES), device=device)
+    for t in times:
+        for _ in range(draws):
+            eps = torch.randn(x0.shape, generator=gen).to(device)
+            xt = abar[t].sqrt() * x0 + (1 - abar[t]).sqrt() * eps
+            for m in range(len(MOTION_CLASSES)):
+                ids = tb.tokens.clone().to(device)
+                ids[:, 2] = m
+                for i in range(0, clips, 64):
+                    sl = slice(i, i + 64)
+                    pred = net(
+                        xt[sl],
+                        torch.full((xt[sl].shape[0],), t, device=device),
+                        net.embed_tokens(ids[sl]),
+                        None,
+                        fps[sl],
+                    ).float()
+                    err[sl, m] += (pred - eps[sl]).pow(2).mean(dim=(1, 2, 3, 4))
+    pred = err.argmin(1).cpu()
+    true = tb.motion_labels
+    ok = (pred == true).float()
+    held = torch.tensor([(p.colour, p.shape) in HELD_OUT for p in tb.prompts])
+    moving = true != 0
+    confusion = torch.zeros(4, 4, dtype=torch.long)
+    confusion.index_put_((true, pred), torch.ones_like(true), accumulate=True)
+    return {
+        "acc": float(ok.mean()),
+        "acc_static": float(ok[~moving].mean()),
+        "acc_moving_seen_pairs": float(ok[moving & ~held].mean()),
+        "acc_moving_held_out_pairs": float(ok[moving & held].mean()),
+        "confusion_true_by_pred": confusion.tolist(),
+        "clips": clips,
+    }
 
 
 def _save_grid(grids: list[Tensor], path: Path) -> None:
