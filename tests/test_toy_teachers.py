@@ -333,8 +333,8 @@ def test_diffusion_classifier_bookkeeping():
     # picks the first class (static) for every clip: static right, moving clips wrong.
     net = _small_video(())
     net.motion_emb.weight.data.zero_()
-    cfg = TrainConfig(device="cpu", supersample=1)
-    rep = diffusion_classifier(net, cfg, clips=12, times=(300,), draws=1)
+    cfg = TrainConfig(device="cpu", supersample=1, classifier_clips=12)
+    rep = diffusion_classifier(net, cfg, times=(300,), draws=1)
     conf = torch.tensor(rep["confusion_true_by_pred"])
     assert conf.sum() == 12 and conf[:, 1:].sum() == 0
     assert rep["acc"] == pytest.approx(float(conf[0, 0]) / 12)

@@ -61,14 +61,7 @@ from ayg.toyworld.nets import (
     load_net,
     save_net,
 )
-from ayg.toyworld.vocab import (
-    COLOURS,
-    HELD_OUT,
-    MOTION_CLASSES,
-    NULL_TOKENS,
-    SHAPES,
-    ToyPrompt,
-)
+from ayg.toyworld.vocab import COLOURS, MOTION_CLASSES, NULL_TOKENS, SHAPES, ToyPrompt
 
 TEACHERS = ("image", "multiview", "video")
 CLASSIFIERS = ("appearance", "motion")
@@ -118,9 +111,8 @@ class TrainConfig:
     sample_steps: int = 50
     guidance: float = 4.0
     samples_per_prompt: int = 4
-    classifier_clips: int = (
-        256  # ground-truth clips of the video teacher's diffusion-classifier check
-    )
+    # ground-truth clips of the video teacher's diffusion-classifier check
+    classifier_clips: int = 256
     render_chunk: int = 8192  # frames rendered per call (dataset pre-rendering)
     render_frac: float = 0.3  # at most this share of a net's budget goes to rendering its data
     threads: int = 2  # torch CPU threads per process
@@ -569,8 +561,8 @@ def weights_file(cfg: TrainConfig, name: str, out: Path) -> Path | None:
 def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
     """DDIM samples of each teacher (CFG ``guidance``), judged by the trained classifiers."""
     device = torch.device(cfg.device)
-    app = load_net(weights_file(cfg, "appearance", out), device)[0]
-    mot = load_net(weights_file(cfg, "motion", out), device)[0]
+    loaded = functools.cache(lambda name: load_net(weights_file(cfg, name, out), device)[0])
+    app, mot = loaded("appearance"), loaded("motion")
     gen = torch.Generator().manual_seed(cfg.seed + 4242)
     n = cfg.samples_per_prompt
     report: dict = {}
@@ -590,7 +582,7 @@ def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
     def sample(
         name: str, prompts: list[ToyPrompt], cams: Tensor | None, fps: Tensor | None
     ) -> Tensor:
-        net = load_net(weights_file(cfg, name, out), device)[0]
+        net = loaded(name)
         ids = torch.stack([p.tokens() for p in prompts])
         if name != "video":
             ids[:, 2] = NULL_TOKENS[2]
@@ -655,9 +647,7 @@ def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
                     i for i, p in enumerate(prompts) if not p.held_out and p.motion == "spinning"
                 ][::n][:2]
                 grids.extend(x[pick])  # rows of 16 frames
-        video["diffusion_classifier"] = diffusion_classifier(
-            load_net(weights_file(cfg, "video", out), device)[0], cfg, cfg.classifier_clips
-        )
+        video["diffusion_classifier"] = diffusion_classifier(loaded("video"), cfg)
         report["video"] = video
     _save_grid(grids, out / "samples.png")
     return report
@@ -667,17 +657,17 @@ def evaluate_teachers(cfg: TrainConfig, out: Path) -> dict:
 def diffusion_classifier(
     net: nn.Module,
     cfg: TrainConfig,
-    clips: int = 256,
     times: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700),
     draws: int = 2,
 ) -> dict:
-    """The video teacher read as a classifier of motion: for ground-truth clips (every pair,
+    """The video teacher read as a classifier of motion: for ``cfg.classifier_clips``
+    ground-truth clips (every pair,
     a quarter static, stage-2 cameras and fps), the motion token whose ε-prediction has the
     lowest MSE, summed over ``times`` × ``draws`` noise draws (same noise for every token).
     This measures what score distillation relies on: whether the conditional score knows the
     motion of a clip it is shown (the DDIM samples measure generation instead)."""
     device = torch.device(cfg.device)
-    c = net.cfg
+    c, clips, classes = net.cfg, cfg.classifier_clips, len(MOTION_CLASSES)
     gen = torch.Generator().manual_seed(777)  # the same clips for every run
     with device_rendering(device):
         tb = toydata.sample_video_batch(
@@ -686,20 +676,23 @@ def diffusion_classifier(
     x0 = (tb.images.to(device) * 2.0 - 1.0).float()
     fps = tb.fps.float().to(device)
     abar = net.alphas_cumprod.to(device)
-    err = torch.zeros(clips, len(MOTION_CLASSES), device=device)
+    texts = []  # (clips, 3, D) per motion token, colour and shape kept
+    for m in range(classes):
+        ids = tb.tokens.clone().to(device)
+        ids[:, 2] = m
+        texts.append(net.embed_tokens(ids))
+    err = torch.zeros(clips, classes, device=device)
     for t in times:
         for _ in range(draws):
             eps = torch.randn(x0.shape, generator=gen).to(device)
             xt = abar[t].sqrt() * x0 + (1 - abar[t]).sqrt() * eps
-            for m in range(len(MOTION_CLASSES)):
-                ids = tb.tokens.clone().to(device)
-                ids[:, 2] = m
+            for m, text in enumerate(texts):
                 for i in range(0, clips, 64):
                     sl = slice(i, i + 64)
                     pred = net(
                         xt[sl],
                         torch.full((xt[sl].shape[0],), t, device=device),
-                        net.embed_tokens(ids[sl]),
+                        text[sl],
                         None,
                         fps[sl],
                     ).float()
@@ -707,9 +700,9 @@ def diffusion_classifier(
     pred = err.argmin(1).cpu()
     true = tb.motion_labels
     ok = (pred == true).float()
-    held = torch.tensor([(p.colour, p.shape) in HELD_OUT for p in tb.prompts])
+    held = torch.tensor([p.held_out for p in tb.prompts])
     moving = true != 0
-    confusion = torch.zeros(4, 4, dtype=torch.long)
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
     confusion.index_put_((true, pred), torch.ones_like(true), accumulate=True)
     return {
         "acc": float(ok.mean()),
