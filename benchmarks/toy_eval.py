@@ -40,7 +40,15 @@ def _one(job: tuple[str, str, str, int, list[str]]) -> dict:
         generator=torch.Generator().manual_seed(seed),
     )
     toy = parse_prompt(prompt)
-    keep = ("appearance_accuracy", "motion_accuracy", "motion_amount", "drift", "view_consistency")
+    keep = (
+        "appearance_accuracy",
+        "motion_accuracy",
+        "motion_amount",
+        "drift",
+        "view_consistency",
+        "appearance_majority",
+        "motion_majority",
+    )
     return {
         "prompt": prompt,
         "held_out": toy.held_out,

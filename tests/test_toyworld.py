@@ -148,6 +148,34 @@ def test_swaying_moves_the_top_sideways_nodding_does_not():
     assert abs(shifts["nodding"]) < 0.3
 
 
+def test_nodding_is_twice_as_fast_as_swaying():
+    # Two nods per segment, one sway: the nod is back at rest at τ = 0.5, the sway at its
+    # opposite extreme at τ = 0.75; both share the amplitude (DESIGN §7, scene docstring).
+    top = torch.tensor([[0.0, 0.0, 0.4]])  # h = 1: moves by the full bend
+    for tau, sway_y, nod_x in ((0.125, 0.25 * math.sqrt(0.5), 0.25), (0.5, 0.0, 0.0)):
+        sway = scene.deform(top, "swaying", tau)[0]
+        nod = scene.deform(top, "nodding", tau)[0]
+        assert sway[1].item() == pytest.approx(sway_y, abs=1e-6) and sway[0] == 0
+        assert nod[0].item() == pytest.approx(nod_x, abs=1e-6) and nod[1] == 0
+    assert scene.deform(top, "swaying", 0.75)[0, 1].item() == pytest.approx(-0.25, abs=1e-6)
+    assert scene.deform(top, "nodding", 0.375)[0, 0].item() == pytest.approx(-0.25, abs=1e-6)
+
+
+def test_toy_stage2_cameras_match_the_toy_preset():
+    from ayg.config import preset
+    from ayg.toyworld.data import TOY_STAGE2_CAMERAS
+
+    s2 = preset("toy").stage2
+    assert tuple(s2.distance_range) == TOY_STAGE2_CAMERAS.distance_range
+    assert tuple(s2.azimuth_offset_range) == TOY_STAGE2_CAMERAS.azimuth_offset_range
+    # the rest is the paper's C.6
+    paper = preset("paper").stage2
+    for name in ("fov_range", "elevation_range", "elevation_offset_range"):
+        assert tuple(getattr(s2, name)) == getattr(TOY_STAGE2_CAMERAS, name)
+        assert getattr(s2, name) == getattr(paper, name)
+    assert s2.dynamic_cameras and paper.distance_range == (1.5, 3.0)
+
+
 def test_deform_and_undeform_are_inverse():
     g = torch.Generator().manual_seed(0)
     pts = torch.rand(5, 100, 3, generator=g) - 0.5

@@ -4,8 +4,8 @@
 The cameras and the frame times follow the distributions the teachers will meet during
 distillation (``ayg.cameras``): stage-1 cameras (C.6, after MVDream: fov U(15, 60), elevation
 U(10, 45), distance s / tan(fov/2)) for the image and multiview sets; the fps sampler of C.3
-and the dynamic stage-2 cameras of C.6 for the video set. Backgrounds are black or white at
-random, as in stage 1. Resolutions are arguments (``res`` = side or (H, W)).
+and the dynamic stage-2 cameras of C.6 (closer: ``TOY_STAGE2_CAMERAS``) for the video set.
+Backgrounds are black or white at random, as in stage 1. Resolutions are arguments (``res`` = side or (H, W)).
 
 Every sampler takes a ``torch.Generator`` and is deterministic given its state; it draws all its
 randomness on the CPU and renders on ``device``.
@@ -30,6 +30,7 @@ from ayg.cameras import (
     look_at_cameras,
     view_direction,
 )
+from ayg.config import TOY_STAGE2_AZIMUTH_OFFSET, TOY_STAGE2_DISTANCE
 from ayg.toyworld.scene import render
 from ayg.toyworld.vocab import (
     COLOURS,
@@ -52,6 +53,12 @@ TRAIN_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in ALL_PAIRS if p not i
 EVAL_ELEVATION = 15.0
 EVAL_DISTANCE = 3.0
 EVAL_FOV = 40.0
+
+# The stage-2 cameras of the toy preset (C.6 with closer distances and smaller azimuth offsets,
+# see config.TOY_STAGE2_DISTANCE): what the video teacher and the classifiers see of stage 2.
+TOY_STAGE2_CAMERAS = Stage2CameraSampler(
+    distance_range=TOY_STAGE2_DISTANCE, azimuth_offset_range=TOY_STAGE2_AZIMUTH_OFFSET
+)
 
 
 @dataclass
@@ -273,7 +280,7 @@ def sample_video_batch(
     Motion: static with probability ``static_prob`` (token "static"), else uniform among MOTIONS.
     Moving clips draw their (colour, shape) from TRAIN_PAIRS when ``exclude_held_out``; static
     clips from all pairs. fps and frame times from FpsSampler (C.3), dynamic cameras from
-    Stage2CameraSampler (C.6); ``cameras`` / ``fps_sampler`` override those distributions.
+    TOY_STAGE2_CAMERAS (C.6, closer and orbiting less); ``cameras`` / ``fps_sampler`` override those distributions.
     ``res`` is (H, W) (stage 2 renders 160×256 in the paper).
     """
     H, W = _hw(res)
@@ -286,7 +293,7 @@ def sample_video_batch(
         for m, a, b in zip(motions, idx_all, idx_moving, strict=True)
     ]
     fps, tau = replace(fps_sampler or FpsSampler(), frames=frames).sample(batch, generator)
-    sampler = replace(cameras or Stage2CameraSampler(), frames=frames, width=W, height=H)
+    sampler = replace(cameras or TOY_STAGE2_CAMERAS, frames=frames, width=W, height=H)
     cams = sampler.sample(batch, generator, device)
     bg = _backgrounds(batch, generator)
     tokens = torch.stack([p.tokens() for p in prompts])
@@ -328,7 +335,8 @@ def sample_appearance_batch(
     tau = torch.rand(batch, 1, generator=generator)
     kind = _randint(3, batch, generator)
     stage1 = Stage1CameraSampler(views=1, width=W, height=H).sample(batch, generator, device)
-    stage2 = Stage2CameraSampler(frames=1, width=W, height=H).sample(batch, generator, device)
+    stage2 = replace(TOY_STAGE2_CAMERAS, frames=1, width=W, height=H)
+    stage2 = stage2.sample(batch, generator, device)
     evalc = eval_cameras(torch.rand(batch, generator=generator) * 360.0, (H, W), device)
     cams = Cameras.cat([(stage1, stage2, evalc)[int(k)][i] for i, k in enumerate(kind)])
     bg = _backgrounds(batch, generator)
@@ -358,7 +366,8 @@ def sample_motion_batch(
         for (c, s), m in zip(pairs, motion_idx, strict=True)
     ]
     fps, tau = FpsSampler(frames=frames).sample(batch, generator)
-    dynamic = Stage2CameraSampler(frames=frames, width=W, height=H).sample(batch, generator, device)
+    stage2 = replace(TOY_STAGE2_CAMERAS, frames=frames, width=W, height=H)
+    dynamic = stage2.sample(batch, generator, device)
     use_eval = torch.rand(batch, generator=generator) < eval_camera_prob
     azim = (torch.rand(batch, generator=generator) * 360.0).repeat_interleave(frames)
     fixed = eval_cameras(azim, (H, W), device)

@@ -22,8 +22,17 @@ Motions, as functions of τ (any real; a segment uses [0, 1]); τ = 0 is always 
   rotations much beyond 70° of a shape of radius ≈ 0.45, and a quarter-tone pattern makes 60°
   plainly visible;
 * swaying — a bend of the top sideways (along y): a point moves by
-  BEND_AMPLITUDE·sin(2π·τ)·h² along y, h = (z + 0.4)/0.8 its height above the base;
-* nodding — the same bend front-to-back (along x).
+  BEND_AMPLITUDE·sin(2π·c·τ)·h² along y, h = (z + 0.4)/0.8 its height above the base, with
+  c = BEND_CYCLES["swaying"] = 1 (one slow sway per segment);
+* nodding — the same bend front-to-back (along x), twice as fast (c = 2: two nods per segment).
+
+Why the two bends differ in pace, not only in direction: the cameras of stage 2 take any
+azimuth, and seen from 90° a sideways bend *is* a front-to-back one. Told apart by direction
+alone, the two motions differ only through the orientation of the quarter pattern — a cue of a
+pixel or two at the video teacher's 24×40, which the toy video teacher never learned (its
+diffusion-classifier check confused them at chance, docs/TOY_TEACHERS.md). A nod being quicker
+than a sway makes the two distinguishable from every azimuth, as real nods and sways are by
+their look.
 
 A bend keeps z, so its inverse is exact: subtract the same displacement. The renderer marches
 each ray through the *deformed* solid by pulling sample points back to rest space (inverse
@@ -54,7 +63,7 @@ RING_MINOR = 0.1
 
 SPIN_TURNS = 1.0 / 6.0  # turns per unit τ
 BEND_AMPLITUDE = 0.25  # displacement of the top (z = 0.4) at the extreme of a sway / nod
-BEND_CYCLES = 1.0  # sway / nod periods per unit τ
+BEND_CYCLES = {"swaying": 1.0, "nodding": 2.0}  # periods per unit τ
 BEND_BASE_Z = -0.4  # the bend is rooted here (h = 0) and reaches h = 1 at z = +0.4
 BEND_HEIGHT = 0.8
 
@@ -146,9 +155,9 @@ def spin_angle(tau: Tensor) -> Tensor:
     return 2.0 * math.pi * SPIN_TURNS * tau
 
 
-def bend_amount(tau: Tensor) -> Tensor:
-    """Displacement of the top (h = 1) at τ (any shape)."""
-    return BEND_AMPLITUDE * torch.sin(2.0 * math.pi * BEND_CYCLES * tau)
+def bend_amount(tau: Tensor, motion: str = "swaying") -> Tensor:
+    """Displacement of the top (h = 1) at τ (any shape) for "swaying" or "nodding"."""
+    return BEND_AMPLITUDE * torch.sin(2.0 * math.pi * BEND_CYCLES[motion] * tau)
 
 
 def _bend_profile(z: Tensor) -> Tensor:
@@ -187,9 +196,9 @@ def deform(points: Tensor, motion: str | None, tau: Tensor | float) -> Tensor:
     if motion == "spinning":
         return _rotate_z(points, spin_angle(tau))
     if motion == "swaying":
-        return _bend(points, bend_amount(tau), axis=1)
+        return _bend(points, bend_amount(tau, motion), axis=1)
     if motion == "nodding":
-        return _bend(points, bend_amount(tau), axis=0)
+        return _bend(points, bend_amount(tau, motion), axis=0)
     raise ValueError(f"unknown motion {motion!r}; allowed: spinning, swaying, nodding or None")
 
 
@@ -201,9 +210,9 @@ def undeform(points: Tensor, motion: str | None, tau: Tensor | float) -> Tensor:
     if motion == "spinning":
         return _rotate_z(points, -spin_angle(tau))
     if motion == "swaying":
-        return _bend(points, -bend_amount(tau), axis=1)
+        return _bend(points, -bend_amount(tau, motion), axis=1)
     if motion == "nodding":
-        return _bend(points, -bend_amount(tau), axis=0)
+        return _bend(points, -bend_amount(tau, motion), axis=0)
     raise ValueError(f"unknown motion {motion!r}; allowed: spinning, swaying, nodding or None")
 
 
