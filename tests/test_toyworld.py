@@ -257,6 +257,21 @@ def test_classifier_batches():
     assert set(m.motion_labels.tolist()) == {0, 1, 2, 3}
     moving = {(p.colour, p.shape) for p in m.prompts if p.motion is not None}
     assert moving & HELD_OUT  # all pairs allowed for the classifier
+    # about half the clips play mirrored (τ → −τ), the rest forwards; labels do not change
+    mirrored = (m.tau < 0).any(dim=1)
+    assert ((m.tau <= 0).all(dim=1) | (m.tau >= 0).all(dim=1)).all()
+    assert 8 < int(mirrored.sum()) < 40
+    plain = D.sample_motion_batch(48, (2, 2), _gen(3), mirror_prob=0.0)
+    assert (plain.tau >= 0).all() and torch.equal(plain.motion_labels, m.motion_labels)
+
+
+def test_a_mirrored_sway_is_the_sway_started_the_other_way():
+    cams = look_at_cameras(0.0, 0.0, 2.5, 40.0, 32, 32)  # the front: image right = +y
+    fwd = scene.render("a blue cone swaying", cams, 0.25).alpha
+    back = scene.render("a blue cone swaying", cams, -0.25).alpha
+    # seen from the front the bent silhouette is mirrored about the image's vertical axis
+    assert (back - fwd.flip(-1)).abs().mean() < 0.01
+    assert (back - fwd).abs().mean() > 0.03
 
 
 def test_drop_tokens():

@@ -11,7 +11,9 @@ For an asset and its prompt:
   per-view accuracies (fraction of views whose prediction is right) are reported alongside.
 * **motion accuracy** — the toy video classifier on 16-frame clips spanning 3/4 of a segment
   (fps 4, C.3) from fixed cameras of the same protocol at a few azimuths; majority vote over
-  the clips against the prompt's motion (static when the prompt has none).
+  the clips against the prompt's motion (static when the prompt has none). The shipped
+  classifier was trained on motions of either handedness (a sway starting left or right, a
+  spin either way), which a prompt does not fix.
 * **motion amount** — mean over times τ ∈ (0, duration] and Gaussians of ‖x_τ − x_0‖, divided
   by the object radius (largest distance of a Gaussian centre from the origin at τ = 0).
 * **drift** — how far the cloud as a whole wanders (what the JSD regulariser of C.5 holds

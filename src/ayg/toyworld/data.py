@@ -352,12 +352,19 @@ def sample_motion_batch(
     eval_camera_prob: float = 0.5,
     supersample: int = 1,
     device: torch.device | str = "cpu",
+    mirror_prob: float = 0.5,
 ) -> ToyBatch:
     """Clips for the motion classifier: images (B, 16, 3, H, W), fps (B,), label
     ``motion_labels`` uniform over MOTION_CLASSES (static, spinning, swaying, nodding); ALL
     pairs, held-out ones included. fps and times from FpsSampler; cameras: with probability
     ``eval_camera_prob`` a fixed camera of the evaluation protocol at a random azimuth (what
-    ``ayg.evaluate`` shows the classifier), else dynamic stage-2 cameras."""
+    ``ayg.evaluate`` shows the classifier), else dynamic stage-2 cameras.
+
+    With probability ``mirror_prob`` a clip plays its motion mirrored, τ → −τ (``tau`` holds
+    the negated times): the sway or nod starts to the other side, the spin turns the other
+    way. A prompt says "swaying", not which side first, so the classifier that judges assets
+    must not tell the two apart; trained on one handedness only, it read a correct sway that
+    began leftwards as a nod (session 3, docs/RESULTS.md)."""
     H, W = _hw(res)
     motion_idx = _randint(len(MOTION_CLASSES), batch, generator)
     pairs = _pairs(batch, ALL_PAIRS, generator)
@@ -366,6 +373,8 @@ def sample_motion_batch(
         for (c, s), m in zip(pairs, motion_idx, strict=True)
     ]
     fps, tau = FpsSampler(frames=frames).sample(batch, generator)
+    mirrored = torch.rand(batch, generator=generator) < mirror_prob
+    tau = torch.where(mirrored[:, None], -tau, tau)
     stage2 = replace(TOY_STAGE2_CAMERAS, frames=frames, width=W, height=H)
     dynamic = stage2.sample(batch, generator, device)
     use_eval = torch.rand(batch, generator=generator) < eval_camera_prob
