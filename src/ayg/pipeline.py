@@ -134,14 +134,15 @@ def generate(
     _start_run(out, cfg, {"command": "generate", "prompt": prompt})
     ctx = _context(cfg, out, device, progress, callback)
 
+    def snapshot(cloud: GaussianCloud, motion: Motion | None = None) -> Asset:
+        return Asset.from_cloud(cloud, motion=motion, prompts=[prompt], config=cfg.to_dict())
+
     if not need_stage1:
         cloud = Asset.load(stage1_path).objects[0].cloud.to(device)
     else:
         cloud = run_stage1(prompt, cfg.stage1, teachers, ctx, seed=cfg.seed)
         del teachers
-        Asset.from_cloud(cloud, motion=None, prompts=[prompt], config=cfg.to_dict()).save(
-            stage1_path
-        )
+        snapshot(cloud).save(stage1_path)
 
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
     stage2_path = out / "stage2.ayg"  # kept only when fine-tuning follows
@@ -160,9 +161,7 @@ def generate(
             grad_frames=cfg.teachers.grad_frames,
         )
         if cfg.finetune.enabled:
-            Asset.from_cloud(cloud, motion=motion, prompts=[prompt], config=cfg.to_dict()).save(
-                stage2_path
-            )
+            snapshot(cloud, motion).save(stage2_path)
 
     if cfg.finetune.enabled:
         ft = cfg.finetune
@@ -186,9 +185,7 @@ def generate(
                 prompt, s1, t3, ctx, seed=cfg.seed + 2, cloud=cloud, phase="finetune3d"
             )
             del t3
-            Asset.from_cloud(cloud, motion=None, prompts=[prompt], config=cfg.to_dict()).save(
-                ft3_path
-            )
+            snapshot(cloud).save(ft3_path)
         s2 = dataclasses.replace(cfg.stage2, steps=ft.steps_4d, lr=cfg.stage2.lr * ft.lr_scale)
         motion = run_stage2(
             prompt,
@@ -202,8 +199,7 @@ def generate(
             phase="finetune4d",
         )
 
-    asset = Asset.from_cloud(cloud, motion=motion, prompts=[prompt], config=cfg.to_dict())
-    return _finish(asset, out, cfg, ctx)
+    return _finish(snapshot(cloud, motion), out, cfg, ctx)
 
 
 def animate(

@@ -4,8 +4,9 @@
 The cameras and the frame times follow the distributions the teachers will meet during
 distillation (``ayg.cameras``): stage-1 cameras (C.6, after MVDream: fov U(15, 60), elevation
 U(10, 45), distance s / tan(fov/2)) for the image and multiview sets; the fps sampler of C.3
-and the dynamic stage-2 cameras of C.6 (closer: ``TOY_STAGE2_CAMERAS``) for the video set.
-Backgrounds are black or white at random, as in stage 1. Resolutions are arguments (``res`` = side or (H, W)).
+and the dynamic stage-2 cameras of C.6, closer and orbiting less (``TOY_STAGE2_CAMERAS``), for
+the video set. Backgrounds are black or white at random, as in stage 1. Resolutions are
+arguments (``res`` = side or (H, W)).
 
 Every sampler takes a ``torch.Generator`` and is deterministic given its state; it draws all its
 randomness on the CPU and renders on ``device``.
@@ -280,7 +281,8 @@ def sample_video_batch(
     Motion: static with probability ``static_prob`` (token "static"), else uniform among MOTIONS.
     Moving clips draw their (colour, shape) from TRAIN_PAIRS when ``exclude_held_out``; static
     clips from all pairs. fps and frame times from FpsSampler (C.3), dynamic cameras from
-    TOY_STAGE2_CAMERAS (C.6, closer and orbiting less); ``cameras`` / ``fps_sampler`` override those distributions.
+    TOY_STAGE2_CAMERAS (C.6, closer and orbiting less); ``cameras`` / ``fps_sampler`` override
+    those distributions.
     ``res`` is (H, W) (stage 2 renders 160×256 in the paper).
     """
     H, W = _hw(res)

@@ -155,7 +155,7 @@ def spin_angle(tau: Tensor) -> Tensor:
     return 2.0 * math.pi * SPIN_TURNS * tau
 
 
-def bend_amount(tau: Tensor, motion: str = "swaying") -> Tensor:
+def bend_amount(tau: Tensor, motion: str) -> Tensor:
     """Displacement of the top (h = 1) at τ (any shape) for "swaying" or "nodding"."""
     return BEND_AMPLITUDE * torch.sin(2.0 * math.pi * BEND_CYCLES[motion] * tau)
 

@@ -661,9 +661,9 @@ def diffusion_classifier(
     draws: int = 2,
 ) -> dict:
     """The video teacher read as a classifier of motion: for ``cfg.classifier_clips``
-    ground-truth clips (every pair,
-    a quarter static, stage-2 cameras and fps), the motion token whose ε-prediction has the
-    lowest MSE, summed over ``times`` × ``draws`` noise draws (same noise for every token).
+    ground-truth clips (every pair, a quarter static, stage-2 cameras and fps), the motion token
+    whose ε-prediction has the lowest MSE, summed over ``times`` × ``draws`` noise draws (the
+    same noise for every token).
     This measures what score distillation relies on: whether the conditional score knows the
     motion of a clip it is shown (the DDIM samples measure generation instead)."""
     device = torch.device(cfg.device)
