@@ -31,12 +31,15 @@ ROWS: list[tuple[str, list[str]]] = [
     ("w/o rigidity regularizer", ["stage2.lambda_rigidity=0"]),
     ("w/o motion amplification", ["stage2.omega_ma=1"]),
     ("w/o image DM in stage 2", ["stage2.use_image=false"]),
+    # the toy preset's stage 1 already uses SDS (config.toy_preset), so in the toy world this
+    # row changes stage 2 only; the last row puts the paper's CSD back into stage 1
     ("SDS instead of CSD", ['stage1.mode="sds"', 'stage2.mode="sds"']),
     ("stage 1 w/o multiview DM", ["stage1.use_multiview=false"]),
     ("w/o dynamic cameras", ["stage2.dynamic_cameras=false"]),
     ("fps 4 only", ["stage2.fps_values=[4]", "stage2.fps_probs=[1.0]"]),
     ("fps 12 only", ["stage2.fps_values=[12]", "stage2.fps_probs=[1.0]"]),
     ("w/o negative prompt", ["stage2.omega_neg=0"]),
+    ("stage 1 with CSD (paper's)", ['stage1.mode="csd"']),
 ]
 
 DEFAULT_PROMPTS = [

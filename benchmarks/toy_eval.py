@@ -71,11 +71,16 @@ def main() -> None:
     ap.add_argument("--start", type=int, default=0, help="first prompt index (of 48)")
     ap.add_argument("--limit", type=int, default=None, help="at most N prompts from --start")
     ap.add_argument("--set", action="append", default=[], help="config overrides for every run")
+    ap.add_argument(
+        "--prompts", default=None, help="comma-separated toy prompts instead of the 48 moving ones"
+    )
     args = ap.parse_args()
 
     from ayg.toyworld.vocab import COLOURS, MOTIONS, SHAPES
 
     prompts = [f"a {c} {s} {m}" for c in COLOURS for s in SHAPES for m in MOTIONS]
+    if args.prompts is not None:
+        prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     stop = None if args.limit is None else args.start + args.limit
     prompts = prompts[args.start : stop]
     out = Path(args.out)

@@ -296,3 +296,29 @@ def test_image_batch_with_moving_frames():
     assert not {(b.prompts[i].colour, b.prompts[i].shape) for i in moving} & HELD_OUT
     assert all(int(b.tokens[i, 2]) == b.prompts[i].motion_class for i in moving)
     assert all(float(b.tau[i, 0]) > 0 for i in moving)
+
+
+def test_toy_preset_distils_stage1_with_sds_and_stage2_with_csd():
+    # docs/RESULTS.md: CSD alone speckles 64-pixel toy clouds; the paper keeps CSD in both
+    from ayg.config import preset
+
+    toy, paper = preset("toy"), preset("paper")
+    assert (toy.stage1.mode, toy.stage2.mode) == ("sds", "csd")
+    assert (paper.stage1.mode, paper.stage2.mode) == ("csd", "csd")
+
+
+def test_every_ablation_row_changes_the_toy_preset():
+    import sys
+    from pathlib import Path
+
+    from ayg.config import apply_overrides, preset, validate
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from ablations import ROWS
+
+    full = preset("toy").to_dict()
+    assert ROWS[0][1] == []
+    for name, overrides in ROWS[1:]:
+        cfg = apply_overrides(preset("toy"), overrides)
+        validate(cfg)
+        assert cfg.to_dict() != full, f"ablation row '{name}' is the full method"
