@@ -307,13 +307,12 @@ def test_toy_preset_distils_stage1_with_sds_and_stage2_with_csd():
     assert (paper.stage1.mode, paper.stage2.mode) == ("csd", "csd")
 
 
-def test_every_ablation_row_changes_the_toy_preset():
-    import sys
+def test_every_ablation_row_changes_the_toy_preset(monkeypatch):
     from pathlib import Path
 
     from ayg.config import apply_overrides, preset, validate
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from ablations import ROWS
 
     full = preset("toy").to_dict()
