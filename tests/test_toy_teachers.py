@@ -339,3 +339,4 @@ def test_diffusion_classifier_bookkeeping():
     assert conf.sum() == 12 and conf[:, 1:].sum() == 0
     assert rep["acc"] == pytest.approx(float(conf[0, 0]) / 12)
     assert rep["acc_static"] == 1.0 and rep["acc_moving_seen_pairs"] == 0.0
+    assert rep["acc_moving_by_shape"] and set(rep["acc_moving_by_shape"].values()) == {0.0}

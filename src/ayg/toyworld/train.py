@@ -704,11 +704,18 @@ def diffusion_classifier(
     moving = true != 0
     confusion = torch.zeros(classes, classes, dtype=torch.long)
     confusion.index_put_((true, pred), torch.ones_like(true), accumulate=True)
+    shapes = [p.shape for p in tb.prompts]
+    by_shape = {}  # moving clips of each shape: a spin shows differently on a ball and a cube
+    for shape in SHAPES:
+        mine = moving & torch.tensor([s == shape for s in shapes])
+        if bool(mine.any()):
+            by_shape[shape] = float(ok[mine].mean())
     return {
         "acc": float(ok.mean()),
         "acc_static": float(ok[~moving].mean()),
         "acc_moving_seen_pairs": float(ok[moving & ~held].mean()),
         "acc_moving_held_out_pairs": float(ok[moving & held].mean()),
+        "acc_moving_by_shape": by_shape,
         "confusion_true_by_pred": confusion.tolist(),
         "clips": clips,
     }
