@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy_eval import _one  # noqa: E402  (one generate + evaluate per worker)
+from toy_eval import _one, split_prompts  # noqa: E402  (one generate + evaluate per worker)
 
 ROWS: list[tuple[str, list[str]]] = [
     ("full AYG", []),
@@ -110,7 +110,7 @@ def main() -> None:
         print_table(runs, prompts)
         return
 
-    prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
+    prompts = split_prompts(args.prompts)
     rows = range(len(ROWS)) if args.rows is None else [int(i) for i in args.rows.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

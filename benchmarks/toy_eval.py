@@ -57,6 +57,11 @@ def _one(job: tuple[str, str, str, int, list[str]]) -> dict:
     }
 
 
+def split_prompts(text: str) -> list[str]:
+    """A comma-separated prompt list of the command line -> prompts (blanks dropped)."""
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
 def _mean(xs: list) -> float:
     xs = [float(x) for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else math.nan
@@ -80,7 +85,7 @@ def main() -> None:
 
     prompts = [f"a {c} {s} {m}" for c in COLOURS for s in SHAPES for m in MOTIONS]
     if args.prompts is not None:
-        prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
+        prompts = split_prompts(args.prompts)
     stop = None if args.limit is None else args.start + args.limit
     prompts = prompts[args.start : stop]
     out = Path(args.out)

@@ -4,8 +4,8 @@ For each prompt, runs stage 1 of the ``toy`` preset (plus ``--set`` overrides), 
 cloud from the 20 cameras of the F.1 protocol (``ayg.evaluate``) at τ = 0 over white, and
 compares with the analytic render of the same prompt (``ayg.toyworld.scene``), which is what
 the teachers were trained on. Prints one JSON line per prompt: mean squared error of the
-images, and, as ``ayg eval`` measures them, the appearance classifier's majority at τ = 0,
-view consistency and view agreement.
+images, and ``ayg eval``'s appearance accuracy at τ = 0, view consistency and view agreement
+(``ayg.evaluate.evaluate_asset`` on the static cloud).
 
     python benchmarks/toy_stage1.py --prompts "a red ball spinning,a green cube swaying"
     python benchmarks/toy_stage1.py --prompts "a red ball spinning" --set 'stage1.mode="csd"'
@@ -18,12 +18,13 @@ import json
 import time
 
 import torch
+from toy_eval import split_prompts
 
 
 def stage1_quality(prompt: str, overrides: list[str], device: str, seed: int, res: int) -> dict:
     from ayg.asset import Asset
     from ayg.config import apply_overrides, preset, validate
-    from ayg.evaluate import EVAL_VIEWS, appearance_predictions, appearance_scores, eval_cameras
+    from ayg.evaluate import EVAL_VIEWS, eval_cameras, evaluate_asset
     from ayg.stages import RunContext, run_stage1
     from ayg.teachers import build_teachers
     from ayg.teachers.toy import load_toy_classifiers
@@ -40,30 +41,19 @@ def stage1_quality(prompt: str, overrides: list[str], device: str, seed: int, re
     asset = Asset.from_cloud(cloud, prompts=[prompt]).to(dev)
 
     azimuths = torch.arange(EVAL_VIEWS, dtype=torch.float32) * (360.0 / EVAL_VIEWS)
-    times = torch.zeros(EVAL_VIEWS)
     white = torch.ones(3, device=dev)
     cams = eval_cameras(azimuths, res).to(dev)
     with torch.no_grad():
         truth = scene.render(parse_prompt(prompt), cams, 0.0, background=white).rgb
-        image = asset.render(cams, times, background=white).rgb
-    # the classifier part as ``ayg eval`` does it: over black, at the classifier's resolution
-    classifiers = load_toy_classifiers(dev)
-    colour_p, shape_p = appearance_predictions(
-        asset,
-        classifiers,
-        azimuths,
-        times,
-        getattr(classifiers, "appearance_res", 32),
-        torch.zeros(3),
-    )
-    scores = appearance_scores(colour_p, shape_p, parse_prompt(prompt))
+        image = asset.render(cams, torch.zeros(EVAL_VIEWS), background=white).rgb
+    report = evaluate_asset(asset, prompt, load_toy_classifiers(dev))
     return {
         "prompt": prompt,
         "overrides": overrides,
         "mse": (truth - image).square().mean().item(),
-        "appearance_majority": scores["majority"],
-        "view_consistency": scores["view_consistency"],
-        "view_agreement": scores["view_agreement"],
+        "appearance_accuracy_tau0": report["appearance_accuracy_tau0"],
+        "view_consistency": report["view_consistency"],
+        "view_agreement": report["view_agreement"],
         "gaussians": cloud.num,
         "stage1_seconds": seconds,
     }
@@ -77,7 +67,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--res", type=int, default=64, help="render size of the comparison")
     args = ap.parse_args()
-    for prompt in [p.strip() for p in args.prompts.split(",") if p.strip()]:
+    for prompt in split_prompts(args.prompts):
         print(json.dumps(stage1_quality(prompt, args.set, args.device, args.seed, args.res)))
 
 

@@ -64,6 +64,7 @@ RING_MINOR = 0.1
 SPIN_TURNS = 1.0 / 6.0  # turns per unit τ
 BEND_AMPLITUDE = 0.25  # displacement of the top (z = 0.4) at the extreme of a sway / nod
 BEND_CYCLES = {"swaying": 1.0, "nodding": 2.0}  # periods per unit τ
+BEND_AXIS = {"swaying": 1, "nodding": 0}  # the top moves along y (sideways) / x (front-back)
 BEND_BASE_Z = -0.4  # the bend is rooted here (h = 0) and reaches h = 1 at z = +0.4
 BEND_HEIGHT = 0.8
 
@@ -187,33 +188,27 @@ def _tau_for(points: Tensor, tau: Tensor | float) -> Tensor:
     return tau
 
 
-def deform(points: Tensor, motion: str | None, tau: Tensor | float) -> Tensor:
-    """Rest pose -> pose at τ. points (..., 3); tau a scalar or with the leading shape of
-    points[..., 0] up to trailing dims (e.g. points (T, N, 3), tau (T,))."""
+def _pose(points: Tensor, motion: str | None, tau: Tensor | float, sign: float) -> Tensor:
+    """The motion at τ applied forwards (sign +1) or undone (sign -1)."""
     tau = _tau_for(points, tau)
     if motion is None:
         return points
     if motion == "spinning":
-        return _rotate_z(points, spin_angle(tau))
-    if motion == "swaying":
-        return _bend(points, bend_amount(tau, motion), axis=1)
-    if motion == "nodding":
-        return _bend(points, bend_amount(tau, motion), axis=0)
+        return _rotate_z(points, sign * spin_angle(tau))
+    if motion in BEND_AXIS:
+        return _bend(points, sign * bend_amount(tau, motion), axis=BEND_AXIS[motion])
     raise ValueError(f"unknown motion {motion!r}; allowed: spinning, swaying, nodding or None")
+
+
+def deform(points: Tensor, motion: str | None, tau: Tensor | float) -> Tensor:
+    """Rest pose -> pose at τ. points (..., 3); tau a scalar or with the leading shape of
+    points[..., 0] up to trailing dims (e.g. points (T, N, 3), tau (T,))."""
+    return _pose(points, motion, tau, 1.0)
 
 
 def undeform(points: Tensor, motion: str | None, tau: Tensor | float) -> Tensor:
     """Pose at τ -> rest pose, the exact inverse of ``deform`` (same shapes)."""
-    tau = _tau_for(points, tau)
-    if motion is None:
-        return points
-    if motion == "spinning":
-        return _rotate_z(points, -spin_angle(tau))
-    if motion == "swaying":
-        return _bend(points, -bend_amount(tau, motion), axis=1)
-    if motion == "nodding":
-        return _bend(points, -bend_amount(tau, motion), axis=0)
-    raise ValueError(f"unknown motion {motion!r}; allowed: spinning, swaying, nodding or None")
+    return _pose(points, motion, tau, -1.0)
 
 
 # ---------------------------------------------------------------------------------------------
