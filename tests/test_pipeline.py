@@ -289,6 +289,19 @@ def test_render_rejects_ply_without_gaussian_fields(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_generate_without_preview_names_only_what_it_wrote(tmp_path):
+    """With ``output.preview=false`` no preview is written, and the closing line says so."""
+    out = tmp_path / "np"
+    res = run_cli(
+        "generate", "a red ball", "--preset", "tiny", "--device", "cpu", "--out", str(out),
+        "--no-progress", "--set", "output.preview=false",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (out / "asset.ayg").exists() and not (out / "preview.mp4").exists()
+    last = res.stdout.strip().splitlines()[-1]
+    assert last == f"wrote {out / 'asset.ayg'}", last
+
+
 def test_toy_preset_end_to_end(tmp_path):
     """The shipped toy teachers through the same stages as the real preset (few steps), then
     ``ayg eval --json`` on the result."""

@@ -65,7 +65,9 @@ def cmd_generate(args) -> int:
 
     cfg = _config(args)
     generate(args.prompt, args.out, cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"wrote {Path(args.out) / 'asset.ayg'} and {Path(args.out) / 'preview.mp4'}")
+    out = Path(args.out)
+    preview = f" and {out / 'preview.mp4'}" if cfg.output.preview else ""
+    print(f"wrote {out / 'asset.ayg'}{preview}")
     return 0
 
 
