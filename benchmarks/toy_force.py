@@ -91,36 +91,17 @@ class ForceProbe:
     """Stage 2's terms on a cloud moved by an analytic motion of amplitude s."""
 
     def __init__(self, cloud, prompt: str, cfg, teachers: dict, motion: tuple[str, int, float]):
-        from ayg.cameras import FpsSampler, Stage2CameraSampler
         from ayg.regularizers import knn_indices
-        from ayg.stages import stage2_terms
+        from ayg.stages import stage2_samplers, stage2_terms
 
-        self.cloud, self.prompt, self.cfg, self.teachers, self.motion = (
-            cloud,
-            prompt,
-            cfg,
-            teachers,
-            motion,
-        )
+        self.cloud, self.prompt, self.cfg = cloud, prompt, cfg
+        self.teachers, self.motion = teachers, motion
         self.device = cloud.means.device
         self.means0 = cloud.means.detach()
         self.knn = knn_indices(self.means0, k=min(cfg.knn, max(cloud.num - 1, 1)))
         self.quats = cloud.rotations if cloud.quats is not None else None
         self.vid_term, self.im_term = stage2_terms(cfg)
-        self.fps_sampler = FpsSampler(
-            fps_values=cfg.fps_values, probs=cfg.fps_probs, frames=cfg.frames
-        )
-        self.cam_sampler = Stage2CameraSampler(
-            fov_range=cfg.fov_range,
-            elevation_range=cfg.elevation_range,
-            distance_range=cfg.distance_range,
-            elevation_offset_range=cfg.elevation_offset_range,
-            azimuth_offset_range=cfg.azimuth_offset_range,
-            frames=cfg.frames,
-            dynamic=cfg.dynamic_cameras,
-            width=cfg.width,
-            height=cfg.height,
-        )
+        self.fps_sampler, self.cam_sampler = stage2_samplers(cfg)
 
     def draw(self, generator: torch.Generator) -> Draw:
         from ayg.stages import _random_backgrounds, image_frame_indices

@@ -396,6 +396,23 @@ def image_frame_indices(batch: int, frames: int, k: int, generator: torch.Genera
     return torch.stack(out)
 
 
+def stage2_samplers(cfg: Stage2Config) -> tuple[FpsSampler, Stage2CameraSampler]:
+    """Stage 2's fps / τ sampler (C.3) and dynamic camera sampler (C.6) for ``cfg``."""
+    fps = FpsSampler(fps_values=cfg.fps_values, probs=cfg.fps_probs, frames=cfg.frames)
+    cams = Stage2CameraSampler(
+        fov_range=cfg.fov_range,
+        elevation_range=cfg.elevation_range,
+        distance_range=cfg.distance_range,
+        elevation_offset_range=cfg.elevation_offset_range,
+        azimuth_offset_range=cfg.azimuth_offset_range,
+        frames=cfg.frames,
+        dynamic=cfg.dynamic_cameras,
+        width=cfg.width,
+        height=cfg.height,
+    )
+    return fps, cams
+
+
 def new_segment(cfg: Stage2Config, kind: str, prompt: str, device, seed: int = 0) -> Segment:
     """A fresh deformation field (identity: its last layer is zero), initialised from ``seed``
     without touching the global RNG, so a resumed run builds the same field."""
@@ -452,18 +469,7 @@ def run_stage2(
     if quats is not None:
         quats = cloud.rotations
 
-    fps_sampler = FpsSampler(fps_values=cfg.fps_values, probs=cfg.fps_probs, frames=cfg.frames)
-    cam_sampler = Stage2CameraSampler(
-        fov_range=cfg.fov_range,
-        elevation_range=cfg.elevation_range,
-        distance_range=cfg.distance_range,
-        elevation_offset_range=cfg.elevation_offset_range,
-        azimuth_offset_range=cfg.azimuth_offset_range,
-        frames=cfg.frames,
-        dynamic=cfg.dynamic_cameras,
-        width=cfg.width,
-        height=cfg.height,
-    )
+    fps_sampler, cam_sampler = stage2_samplers(cfg)
     vid_term, im_term = stage2_terms(cfg, grad_frames)
     video = teachers.get("video")
     image = teachers.get("image") if cfg.use_image else None
