@@ -61,17 +61,10 @@ def motion_positions(
     from ayg.toyworld import scene
 
     kind, axis, cycles = motion
-    x, y, z = means.unbind(-1)
+    points = means.expand(tau.shape[0], *means.shape)  # (T, N, 3)
     if kind == "spin":
-        angle = (s * scene.spin_angle(tau))[:, None]  # (T, 1)
-        c, si = torch.cos(angle), torch.sin(angle)
-        return torch.stack([c * x - si * y, si * x + c * y, z.expand_as(c * x)], dim=-1)
-    amount = s * scene.BEND_AMPLITUDE * torch.sin(2.0 * math.pi * cycles * tau)  # (T,)
-    height = ((z - scene.BEND_BASE_Z) / scene.BEND_HEIGHT).clamp(min=0.0)
-    shift = amount[:, None] * height.square()[None]  # (T, N)
-    unit = torch.zeros(3, dtype=means.dtype, device=means.device)
-    unit[axis] = 1.0
-    return means[None] + shift[..., None] * unit
+        return scene.rotate_z(points, (s * scene.spin_angle(tau))[:, None])
+    return scene.bend(points, (s * scene.bend_wave(tau, cycles))[:, None], axis)
 
 
 @dataclass

@@ -156,9 +156,15 @@ def spin_angle(tau: Tensor) -> Tensor:
     return 2.0 * math.pi * SPIN_TURNS * tau
 
 
+def bend_wave(tau: Tensor, cycles: float) -> Tensor:
+    """Displacement of the top (h = 1) at τ (any shape) for a bend of ``cycles`` periods per
+    unit τ."""
+    return BEND_AMPLITUDE * torch.sin(2.0 * math.pi * cycles * tau)
+
+
 def bend_amount(tau: Tensor, motion: str) -> Tensor:
     """Displacement of the top (h = 1) at τ (any shape) for "swaying" or "nodding"."""
-    return BEND_AMPLITUDE * torch.sin(2.0 * math.pi * BEND_CYCLES[motion] * tau)
+    return bend_wave(tau, BEND_CYCLES[motion])
 
 
 def _bend_profile(z: Tensor) -> Tensor:
@@ -166,13 +172,16 @@ def _bend_profile(z: Tensor) -> Tensor:
     return h * h
 
 
-def _rotate_z(points: Tensor, angle: Tensor) -> Tensor:
+def rotate_z(points: Tensor, angle: Tensor) -> Tensor:
+    """points (..., 3) rotated about z by ``angle`` (broadcast against points[..., 0])."""
     c, s = torch.cos(angle), torch.sin(angle)
     x, y, z = points.unbind(-1)
     return torch.stack([c * x - s * y, s * x + c * y, z], dim=-1)
 
 
-def _bend(points: Tensor, amount: Tensor, axis: int) -> Tensor:
+def bend(points: Tensor, amount: Tensor, axis: int) -> Tensor:
+    """points (..., 3) bent along ``axis`` (0 = x, 1 = y): each moves by amount·h², h its
+    height above BEND_BASE_Z over BEND_HEIGHT (``amount`` broadcast against points[..., 0])."""
     shift = amount * _bend_profile(points[..., 2])
     return torch.cat(
         [points[..., :axis], (points[..., axis] + shift).unsqueeze(-1), points[..., axis + 1 :]],
@@ -194,9 +203,9 @@ def _pose(points: Tensor, motion: str | None, tau: Tensor | float, sign: float) 
     if motion is None:
         return points
     if motion == "spinning":
-        return _rotate_z(points, sign * spin_angle(tau))
+        return rotate_z(points, sign * spin_angle(tau))
     if motion in BEND_AXIS:
-        return _bend(points, sign * bend_amount(tau, motion), axis=BEND_AXIS[motion])
+        return bend(points, sign * bend_amount(tau, motion), axis=BEND_AXIS[motion])
     raise ValueError(f"unknown motion {motion!r}; allowed: spinning, swaying, nodding or None")
 
 
