@@ -310,11 +310,12 @@ def toy_preset() -> RunConfig:
     s2.omega_ma = 12.0
     s2.lambda_jsd, s2.lambda_rigidity = 1000.0, 1000.0
     # Negative prompting at ω_neg = 0.3, not the paper's 0.8. The negative term
-    # ε(∅) − ε(static) of eq. (23) rewards any motion, whatever its pace, and in the toy world
-    # pace is what tells a sway from a nod. Measured with benchmarks/toy_force.py (s = 0.5,
-    # prompt "a red cube swaying"): at 0.8 the video term pulls 101 towards the sway and 85–96
-    # towards a bend at the nod's pace; at 0.3 it pulls 58 vs 38–49. End to end, the 16 sway
-    # prompts came out right 15 + 14 of 32 (seeds 0 and 1) instead of 10 + 4 (docs/RESULTS.md).
+    # ε(∅) − ε(static) of eq. (23) rewards any motion whatever its pace, and in the toy world pace
+    # is what tells a sway from a nod. benchmarks/toy_force.py, s = 0.5, "a red cube swaying":
+    # at 0.8 the video term pulls 101 towards the sway and 85–96 towards bends at the nod's pace,
+    # at 0.3 58 vs 38–49. All 48 moving prompts × seeds 0 and 1 (docs/RESULTS.md, session 6):
+    # motion 70.8 % (0.8: 66.7 %), sways 29/32 (14/32), nods 32/32 (32/32), but spins 7/32
+    # (21/32): that push is also what starts a spin. Appearance 100 % (97.9 %), drift 0.20 (0.38).
     s2.omega_neg = 0.3
     cfg.output.preview_frames = 24
     cfg.output.preview_width = cfg.output.preview_height = 128
