@@ -13,6 +13,11 @@ small against its standard error or against the regularisers' pull.
     python benchmarks/toy_force.py --asset A.ayg --prompt "a red cube swaying" --motion bend:0:2 \
         --set 'stage2.t_range=[0.02,0.25]' --samples 150 --amplitudes 0.5 --json
 
+``--split-negative`` also reports the video force's two parts of eq. 23: ``vid.cls`` from the
+classifier direction ε(v) − ε(∅) and ``vid.neg`` from negative prompting ω_neg (ε(∅) − ε(v_neg)),
+on the same diffusion times and noise. The force is linear in ω_neg, so one run gives it at any
+weight ω': vid.cls + (ω'/ω_neg)·vid.neg.
+
 ``--motion``: "true" (the prompt's own motion), "spinning", or "bend:AXIS:CYCLES" (the top moves
 along AXIS, 0 = x or 1 = y, CYCLES periods per unit τ; the toy's sway is bend:1:1, its nod
 bend:0:2).
@@ -83,7 +88,12 @@ class Draw:
 class ForceProbe:
     """Stage 2's terms on a cloud moved by an analytic motion of amplitude s."""
 
-    def __init__(self, cloud, prompt: str, cfg, teachers: dict, motion: tuple[str, int, float]):
+    def __init__(
+        self, cloud, prompt: str, cfg, teachers: dict, motion: tuple[str, int, float],
+        split_negative: bool = False,
+    ):  # fmt: skip
+        import dataclasses
+
         from ayg.regularizers import knn_indices
         from ayg.stages import stage2_samplers, stage2_terms
 
@@ -94,6 +104,9 @@ class ForceProbe:
         self.knn = knn_indices(self.means0, k=min(cfg.knn, max(cloud.num - 1, 1)))
         self.quats = cloud.rotations if cloud.quats is not None else None
         self.vid_term, self.im_term = stage2_terms(cfg)
+        # the video term without negative prompting: its classifier part δ_cls alone (eq. 23)
+        self.cls_term = dataclasses.replace(self.vid_term, negative_weight=0.0)
+        self.split_negative = split_negative and self.vid_term.uses_negative
         self.fps_sampler, self.cam_sampler = stage2_samplers(cfg)
 
     def draw(self, generator: torch.Generator) -> Draw:
@@ -130,6 +143,15 @@ class ForceProbe:
             cond=Conditioning(fps=d.fps),
         )  # fmt: skip
         out = {"vid": vid}
+        if self.split_negative:
+            # the same t and noise (a generator in the same state), no negative branch; the video
+            # force is linear in ω_neg, so vid = vid.cls + vid.neg and at another weight ω'
+            # the force is vid.cls + (ω'/ω_neg)·vid.neg
+            cls, _ = distill_loss(
+                self.teachers["video"], self.cls_term, frames, self.prompt, 0,
+                torch.Generator().manual_seed(d.noise_seed), cond=Conditioning(fps=d.fps),
+            )  # fmt: skip
+            out["vid.cls"], out["vid.neg"] = cls, vid - cls
         if self.cfg.use_image:
             idx = d.image_frames[:, :, None, None, None].expand(-1, -1, 3, H, W)
             picked = torch.gather(frames, 1, idx).reshape(-1, 1, 3, H, W)
@@ -169,7 +191,8 @@ def measure(probe: ForceProbe, amplitudes: list[float], samples: int, seed: int)
             v = torch.tensor([p[name] for p in per], dtype=torch.float64)
             sem = float(v.std() / math.sqrt(len(v))) if len(v) > 1 else float("nan")
             row[name] = (float(v.mean()), sem)
-        row["total"] = (sum(m for m, _ in row.values()), float("nan"))
+        # "vid.cls" / "vid.neg" are parts of "vid", not further terms
+        row["total"] = (sum(m for n, (m, _) in row.items() if "." not in n), float("nan"))
         result[s] = row
     return result
 
@@ -184,6 +207,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=123)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--set", action="append", default=[], help="config overrides")
+    ap.add_argument(
+        "--split-negative",
+        action="store_true",
+        help="also split the video force into its classifier part (vid.cls) and its "
+        "negative-prompt part (vid.neg = ω_neg·(ε(∅) − ε(v_neg)) of eq. 23)",
+    )
     ap.add_argument("--json", action="store_true", help="one JSON line instead of a table")
     args = ap.parse_args()
     from ayg.asset import Asset
@@ -195,7 +224,9 @@ def main() -> None:
     cfg = apply_overrides(preset("toy"), args.set).stage2
     motion = parse_motion(args.motion, args.prompt)
     cloud = Asset.load(args.asset).objects[0].cloud.to(args.device)
-    probe = ForceProbe(cloud, args.prompt, cfg, load_toy_teachers(args.device), motion)
+    probe = ForceProbe(
+        cloud, args.prompt, cfg, load_toy_teachers(args.device), motion, args.split_negative
+    )
     amps = [float(a) for a in args.amplitudes.split(",")]
     res = measure(probe, amps, args.samples, args.seed)
     if args.json:

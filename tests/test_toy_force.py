@@ -101,3 +101,38 @@ def test_measure_uses_the_same_draws_for_every_amplitude(toy_force):
         assert math.isclose(row["total"][0], sum(row[n][0] for n in ("vid", "im", "rig", "jsd")))
     again = toy_force.measure(probe, [0.5], samples=2, seed=0)
     assert again[0.5]["vid"] == res[0.5]["vid"]
+
+
+def test_split_negative_parts_add_up_and_scale_with_the_weight(toy_force):
+    """vid.cls + vid.neg is the video force; vid.cls is the force with ω_neg = 0, and the force
+    at another ω' is vid.cls + (ω'/ω_neg)·vid.neg (three probes on the same draw)."""
+
+    def probe_at(weight: float, split: bool):
+        cfg = apply_overrides(
+            preset("tiny"), ["stage2.batch=1", "stage2.knn=6", f"stage2.omega_neg={weight}"]
+        ).stage2
+        cloud = GaussianCloud.init_sphere(
+            n=300, radius=0.4, sh_degree=1, init_opacity=0.5,
+            generator=torch.Generator().manual_seed(0),
+        ).detached()  # fmt: skip
+        prompt = "a red cube swaying"
+        motion = toy_force.parse_motion("bend:1:1", prompt)
+        return toy_force.ForceProbe(
+            cloud, prompt, cfg, random_toy_teachers(seed=0), motion, split_negative=split
+        )
+
+    split = probe_at(0.8, True)
+    d = split.draw(torch.Generator().manual_seed(5))
+    f = split.force(d, 0.5)
+    assert abs(f["vid.neg"]) > 1e-6 * abs(f["vid"])
+    assert math.isclose(f["vid.cls"] + f["vid.neg"], f["vid"], rel_tol=1e-4, abs_tol=1e-7)
+    f0 = probe_at(0.0, False).force(d, 0.5)
+    assert "vid.cls" not in f0  # nothing to split without a negative prompt
+    assert math.isclose(f0["vid"], f["vid.cls"], rel_tol=1e-3, abs_tol=1e-6)
+    f3 = probe_at(0.3, False).force(d, 0.5)
+    want = f["vid.cls"] + 0.3 / 0.8 * f["vid.neg"]
+    assert math.isclose(f3["vid"], want, rel_tol=1e-3, abs_tol=1e-6)
+    # the table's total counts the video term once
+    row = toy_force.measure(split, [0.5], samples=1, seed=5)[0.5]
+    parts = ("vid", "im", "rig", "jsd")
+    assert math.isclose(row["total"][0], sum(row[n][0] for n in parts), rel_tol=1e-6)
