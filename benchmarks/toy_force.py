@@ -221,13 +221,19 @@ def main() -> None:
 
     if args.samples < 1:
         ap.error(f"--samples must be >= 1, got {args.samples}")
-    cfg = apply_overrides(preset("toy"), args.set).stage2
-    motion = parse_motion(args.motion, args.prompt)
-    cloud = Asset.load(args.asset).objects[0].cloud.to(args.device)
+    try:
+        amps = [float(a) for a in args.amplitudes.split(",")]
+    except ValueError:
+        ap.error(f"--amplitudes takes numbers like 0,0.5,1, got {args.amplitudes!r}")
+    try:  # bad overrides, motions or assets: one line, not a traceback
+        cfg = apply_overrides(preset("toy"), args.set).stage2
+        motion = parse_motion(args.motion, args.prompt)
+        cloud = Asset.load(args.asset).objects[0].cloud.to(args.device)
+    except ValueError as e:  # AssetError is a ValueError
+        ap.error(str(e).strip().splitlines()[0])
     probe = ForceProbe(
         cloud, args.prompt, cfg, load_toy_teachers(args.device), motion, args.split_negative
     )
-    amps = [float(a) for a in args.amplitudes.split(",")]
     res = measure(probe, amps, args.samples, args.seed)
     if args.json:
         print(

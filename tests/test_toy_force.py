@@ -126,3 +126,25 @@ def test_split_negative_parts_add_up_and_scale_with_the_weight(toy_force):
     row = toy_force.measure(split, [0.5], samples=1, seed=5)[0.5]
     parts = ("vid", "im", "rig", "jsd")
     assert math.isclose(row["total"][0], sum(row[n][0] for n in parts), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--motion", "wobble"], "bend:AXIS:CYCLES"),
+        (["--amplitudes", "a,b"], "--amplitudes takes numbers"),
+        (["--set", "stage2.nope=1"], "unknown config field"),
+        ([], "no such file"),
+    ],
+)
+def test_bad_command_lines_end_in_one_line(tmp_path, extra, says):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_force.py"
+    cmd = [sys.executable, str(script), "--asset", str(tmp_path / "none.ayg")]
+    res = subprocess.run(
+        [*cmd, "--prompt", "a red cube swaying", *extra], capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr and says in res.stderr.strip().splitlines()[-1]
