@@ -321,3 +321,17 @@ def test_every_ablation_row_changes_the_toy_preset(monkeypatch):
         cfg = apply_overrides(preset("toy"), overrides)
         validate(cfg)
         assert cfg.to_dict() != full, f"ablation row '{name}' is the full method"
+
+
+def test_toy_stage2_draws_diffusion_times_below_half():
+    # The toy preset's stage 2 samples t ∈ U(0.02, 0.5) for both teachers (config.toy_preset:
+    # above t ≈ 0.75 a 24×40 clip carries no motion); the paper's presets keep U(0.02, 0.98).
+    from ayg.config import preset
+    from ayg.stages import stage2_terms
+
+    g = torch.Generator().manual_seed(0)
+    for name, hi in (("toy", 0.5), ("paper", 0.98)):
+        for term in stage2_terms(preset(name).stage2):
+            t = term.t_range.sample(4000, 0, g)
+            assert t.min().item() >= 0.02 and t.max().item() <= hi
+            assert t.max().item() > hi - 0.02 and t.min().item() < 0.04
