@@ -317,14 +317,14 @@ def toy_preset() -> RunConfig:
     # motion 70.8 % (0.8: 66.7 %), sways 29/32 (14/32), nods 32/32 (32/32), but spins 7/32
     # (21/32): that push is also what starts a spin. Appearance 100 % (97.9 %), drift 0.20 (0.38).
     s2.omega_neg = 0.3
-    # Diffusion times t ∈ U(0.02, 0.5) for both stage-2 teachers, not the paper's U(0.02, 0.98).
-    # At the toy video teacher's 24×40 pixels a clip noised past t ≈ 0.75 carries no motion:
-    # toy_force.py found the pull for t ∈ [0.75, 0.98] zero within noise on spins (cube
-    # −0.2 ± 0.3 against 25–54 below 0.5) and under 3 % of the pull below 0.5 on bends, so
-    # those draws only added noise. All 48 moving prompts ×
-    # seeds 0, 1 and 2 (docs/RESULTS.md, session 7): motion 81.3 / 81.3 / 77.1 %, spins 20/48
-    # (7/32 at seeds 0 and 1 with the full range), sways 47/48, nods 48/48, appearance 100 %,
-    # drift 0.29 (0.20 with the full range).
+    # Diffusion times t ∈ U(0.02, 0.5) for both stage-2 teachers, not the paper's U(0.02, 0.98)
+    # (E.2; U(0.02, 0.5) is where its stage-1 schedules end). At the toy video teacher's 24×40
+    # pixels a clip noised past t ≈ 0.75 carries no motion: toy_force.py found the pull for
+    # t ∈ [0.75, 0.98] zero within noise on spins (cube −0.2 ± 0.3 against 25–54 below 0.5) and
+    # under 3 % of the pull below 0.5 on bends, so those draws only added noise. All 48 moving
+    # prompts × seeds 0, 1 and 2 (docs/RESULTS.md, session 7): motion 81.3 / 81.3 / 77.1 %,
+    # spins 20/48 (7/32 at seeds 0 and 1 with the full range), sways 47/48, nods 48/48,
+    # appearance 100 %, drift 0.29 (0.20 with the full range).
     s2.t_range = (0.02, 0.5)
     cfg.output.preview_frames = 24
     cfg.output.preview_width = cfg.output.preview_height = 128
