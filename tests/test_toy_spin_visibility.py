@@ -58,9 +58,9 @@ def test_a_cloud_of_the_true_surface_changes_like_the_true_ball(vis):
 
 
 def test_no_spin_changes_nothing(vis):
-    prompt = "a green cube spinning"
+    prompt = "a green ball spinning"
     cams = vis.stage2_cameras(3, seed=1)
-    r = vis.spin_change(_surface_ball("a green ball"), prompt, cams, 0.0, torch.ones(3, 3))
+    r = vis.spin_change(_surface_ball(prompt), prompt, cams, 0.0, torch.ones(3, 3))
     assert r["cloud_change"] == 0.0 and r["true_change"] == 0.0
 
 
