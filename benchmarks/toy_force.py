@@ -197,6 +197,24 @@ def measure(probe: ForceProbe, amplitudes: list[float], samples: int, seed: int)
     return result
 
 
+def numbers(ap: argparse.ArgumentParser, flag: str, text: str, example: str) -> list[float]:
+    """A comma list of numbers from ``flag``, or one usage line (exit 2)."""
+    try:
+        return [float(a) for a in text.split(",")]
+    except ValueError:
+        ap.error(f"{flag} takes numbers like {example}, got {text!r}")
+
+
+def stage1_cloud(ap: argparse.ArgumentParser, path: str, device: str = "cpu"):
+    """The first object's Gaussian cloud of the asset at ``path``, or one usage line (exit 2)."""
+    from ayg.asset import Asset
+
+    try:
+        return Asset.load(path).objects[0].cloud.to(device)
+    except ValueError as e:  # AssetError is a ValueError
+        ap.error(str(e).strip().splitlines()[0])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--asset", required=True, help="a stage-1 .ayg (e.g. RUN/stage1.ayg)")
@@ -215,22 +233,18 @@ def main() -> None:
     )
     ap.add_argument("--json", action="store_true", help="one JSON line instead of a table")
     args = ap.parse_args()
-    from ayg.asset import Asset
     from ayg.config import apply_overrides, preset
     from ayg.teachers.toy import load_toy_teachers
 
     if args.samples < 1:
         ap.error(f"--samples must be >= 1, got {args.samples}")
-    try:
-        amps = [float(a) for a in args.amplitudes.split(",")]
-    except ValueError:
-        ap.error(f"--amplitudes takes numbers like 0,0.5,1, got {args.amplitudes!r}")
-    try:  # bad overrides, motions or assets: one line, not a traceback
+    amps = numbers(ap, "--amplitudes", args.amplitudes, "0,0.5,1")
+    try:  # bad overrides or motions: one line, not a traceback
         cfg = apply_overrides(preset("toy"), args.set).stage2
         motion = parse_motion(args.motion, args.prompt)
-        cloud = Asset.load(args.asset).objects[0].cloud.to(args.device)
-    except ValueError as e:  # AssetError is a ValueError
+    except ValueError as e:
         ap.error(str(e).strip().splitlines()[0])
+    cloud = stage1_cloud(ap, args.asset, args.device)
     probe = ForceProbe(
         cloud, args.prompt, cfg, load_toy_teachers(args.device), motion, args.split_negative
     )

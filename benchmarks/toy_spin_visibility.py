@@ -86,20 +86,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="one JSON line instead of a table")
     args = ap.parse_args()
-    from ayg.asset import Asset
+    from toy_force import numbers, stage1_cloud
+
     from ayg.toyworld.vocab import parse_prompt
 
     if args.cameras < 1:
         ap.error(f"--cameras must be >= 1, got {args.cameras}")
-    try:
-        degrees = [float(d) for d in args.degrees.split(",")]
-    except ValueError:
-        ap.error(f"--degrees takes numbers like 10,30, got {args.degrees!r}")
-    try:  # a prompt outside the vocabulary or a bad asset: one line, not a traceback
+    degrees = numbers(ap, "--degrees", args.degrees, "10,30")
+    try:  # a prompt outside the vocabulary: one line, not a traceback
         parse_prompt(args.prompt)
-        cloud = Asset.load(args.asset).objects[0].cloud
-    except ValueError as e:  # AssetError is a ValueError
+    except ValueError as e:
         ap.error(str(e).strip().splitlines()[0])
+    cloud = stage1_cloud(ap, args.asset)
     cams = stage2_cameras(args.cameras, args.seed)
     white = torch.ones(len(cams), 3)
     rows = {f"{d:g}": spin_change(cloud, args.prompt, cams, d, white) for d in degrees}
