@@ -33,36 +33,44 @@ def _resize(x: Tensor) -> Tensor:
     return F.interpolate(x, size=TEACHER_SIZE, mode="bilinear", align_corners=False)
 
 
-def spin_change(cloud, prompt: str, cameras, degrees: float, background: Tensor) -> dict:
-    """Change of the cloud's and the true object's renders under a spin of ``degrees``."""
+def spin_changes(
+    cloud, prompt: str, cameras, degrees: list[float], background: Tensor
+) -> dict[float, dict]:
+    """{θ: change of the cloud's and the true object's renders under a spin of θ degrees}; the
+    rest poses are rendered once for all angles."""
     from ayg.render import rasterize
     from ayg.toyworld import scene
 
     quats = cloud.rotations if cloud.quats is not None else None
-    angle = torch.tensor([[math.radians(degrees)]], dtype=cloud.means.dtype)
-    renders = []
-    for pose in (cloud.means, scene.rotate_z(cloud.means[None], angle)[0]):
+
+    def cloud_view(means: Tensor) -> Tensor:
         with torch.no_grad():
             out = rasterize(
-                pose, cloud.scales, quats, cloud.opacity, cloud.sh, cameras,
+                means, cloud.scales, quats, cloud.opacity, cloud.sh, cameras,
                 background=background, sh_degree=cloud.sh_degree,
             )  # fmt: skip
-        renders.append(_resize(out.rgb))
-    tau = degrees / (360.0 * scene.SPIN_TURNS)
-    true = [
-        _resize(scene.render(prompt, cameras, t, background=background, supersample=2).rgb)
-        for t in (0.0, tau)
-    ]
-    dc, dt = renders[1] - renders[0], true[1] - true[0]
-    cloud_change, true_change = float(dc.abs().mean()), float(dt.abs().mean())
-    norm = float(dc.norm() * dt.norm())
-    return {
-        "cloud_change": cloud_change,
-        "true_change": true_change,
-        "ratio": cloud_change / true_change if true_change > 0 else float("nan"),
-        "corr": float((dc * dt).sum()) / norm if norm > 0 else float("nan"),
-        "rest_error": float((renders[0] - true[0]).abs().mean()),
-    }
+        return _resize(out.rgb)
+
+    def true_view(tau: float) -> Tensor:
+        return _resize(scene.render(prompt, cameras, tau, background=background, supersample=2).rgb)
+
+    cloud0, true0 = cloud_view(cloud.means), true_view(0.0)
+    rest_error = float((cloud0 - true0).abs().mean())
+    rows = {}
+    for deg in degrees:
+        angle = torch.tensor([[math.radians(deg)]], dtype=cloud.means.dtype)
+        dc = cloud_view(scene.rotate_z(cloud.means[None], angle)[0]) - cloud0
+        dt = true_view(deg / (360.0 * scene.SPIN_TURNS)) - true0
+        cloud_change, true_change = float(dc.abs().mean()), float(dt.abs().mean())
+        norm = float(dc.norm() * dt.norm())
+        rows[deg] = {
+            "cloud_change": cloud_change,
+            "true_change": true_change,
+            "ratio": cloud_change / true_change if true_change > 0 else float("nan"),
+            "corr": float((dc * dt).sum()) / norm if norm > 0 else float("nan"),
+            "rest_error": rest_error,
+        }
+    return rows
 
 
 def stage2_cameras(count: int, seed: int, width: int = 64, height: int = 40):
@@ -100,7 +108,7 @@ def main() -> None:
     cloud = stage1_cloud(ap, args.asset)
     cams = stage2_cameras(args.cameras, args.seed)
     white = torch.ones(len(cams), 3)
-    rows = {f"{d:g}": spin_change(cloud, args.prompt, cams, d, white) for d in degrees}
+    rows = {f"{d:g}": r for d, r in spin_changes(cloud, args.prompt, cams, degrees, white).items()}
     if args.json:
         print(json.dumps({"prompt": args.prompt, "gaussians": cloud.num, "spin": rows}))
         return

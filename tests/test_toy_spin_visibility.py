@@ -49,7 +49,7 @@ def test_a_cloud_of_the_true_surface_changes_like_the_true_ball(vis):
     prompt = "a red ball spinning"
     cams = vis.stage2_cameras(6, seed=0)
     white = torch.ones(len(cams), 3)
-    r = vis.spin_change(_surface_ball(prompt), prompt, cams, 30.0, white)
+    r = vis.spin_changes(_surface_ball(prompt), prompt, cams, [30.0], white)[30.0]
     # the rasterized surface cloud and the analytic render agree at rest (same cameras, same
     # convention), so the comparison measures the spin, not a mismatch of the two renderers
     assert r["rest_error"] < 0.04  # (the same cloud turned 90° at rest: 0.05)
@@ -60,7 +60,7 @@ def test_a_cloud_of_the_true_surface_changes_like_the_true_ball(vis):
 def test_no_spin_changes_nothing(vis):
     prompt = "a green ball spinning"
     cams = vis.stage2_cameras(3, seed=1)
-    r = vis.spin_change(_surface_ball(prompt), prompt, cams, 0.0, torch.ones(3, 3))
+    r = vis.spin_changes(_surface_ball(prompt), prompt, cams, [0.0], torch.ones(3, 3))[0.0]
     assert r["cloud_change"] == 0.0 and r["true_change"] == 0.0
 
 
