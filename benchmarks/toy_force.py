@@ -205,14 +205,19 @@ def numbers(ap: argparse.ArgumentParser, flag: str, text: str, example: str) -> 
         ap.error(f"{flag} takes numbers like {example}, got {text!r}")
 
 
-def stage1_cloud(ap: argparse.ArgumentParser, path: str, device: str = "cpu"):
-    """The first object's Gaussian cloud of the asset at ``path``, or one usage line (exit 2)."""
+def load_asset(ap: argparse.ArgumentParser, path: str):
+    """The asset at ``path``, or one usage line (exit 2)."""
     from ayg.asset import Asset
 
     try:
-        return Asset.load(path).objects[0].cloud.to(device)
+        return Asset.load(path)
     except ValueError as e:  # AssetError is a ValueError
         ap.error(str(e).strip().splitlines()[0])
+
+
+def stage1_cloud(ap: argparse.ArgumentParser, path: str, device: str = "cpu"):
+    """The first object's Gaussian cloud of the asset at ``path``, or one usage line (exit 2)."""
+    return load_asset(ap, path).objects[0].cloud.to(device)
 
 
 def main() -> None:

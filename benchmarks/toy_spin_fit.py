@@ -20,6 +20,8 @@ import math
 import torch
 from torch import Tensor
 
+from ayg.toyworld.scene import rotate_z, spin_angle
+
 
 def spin_fit(positions: Tensor) -> list[dict]:
     """positions (T, N, 3), positions[0] at τ = 0 -> for each later time, {"degrees": θ of the
@@ -31,14 +33,12 @@ def spin_fit(positions: Tensor) -> list[dict]:
     for q in positions[1:].double():
         cross = (p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum()
         dot = (p[:, 0] * q[:, 0] + p[:, 1] * q[:, 1]).sum()
-        theta = math.atan2(float(cross), float(dot))
-        c, s = math.cos(theta), math.sin(theta)
-        turned = torch.stack([c * p[:, 0] - s * p[:, 1], s * p[:, 0] + c * p[:, 1], p[:, 2]], -1)
+        theta = torch.atan2(cross, dot)
+        turned = rotate_z(p, theta)
         moved = float((q - p).norm(dim=-1).mean())
         left = float((q - turned).norm(dim=-1).mean())
-        rows.append(
-            {"degrees": math.degrees(theta), "explained": 1.0 - left / moved if moved > 0 else 0.0}
-        )
+        explained = 1.0 - left / moved if moved > 0 else 0.0
+        rows.append({"degrees": math.degrees(float(theta)), "explained": explained})
     return rows
 
 
@@ -50,19 +50,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.times < 2:
         ap.error(f"--times must be >= 2, got {args.times}")
-    from ayg.asset import Asset
-    from ayg.toyworld import scene
+    from toy_force import load_asset
 
-    try:
-        asset = Asset.load(args.asset)
-    except ValueError as e:  # AssetError is a ValueError
-        ap.error(str(e).strip().splitlines()[0])
+    asset = load_asset(ap, args.asset)
     g = torch.linspace(0.0, asset.duration, args.times)
     with torch.no_grad():
         rows = spin_fit(asset.positions(g).float())
-    for t, r in zip(g[1:].tolist(), rows, strict=True):
-        r["tau"] = t
-        r["world"] = 360.0 * scene.SPIN_TURNS * t
+    world = torch.rad2deg(spin_angle(g[1:])).tolist()
+    for t, w, r in zip(g[1:].tolist(), world, rows, strict=True):
+        r["tau"], r["world"] = t, w
     if args.json:
         print(json.dumps({"asset": args.asset, "gaussians": asset.num_gaussians, "fit": rows}))
         return
