@@ -121,6 +121,28 @@ def test_colours_background_and_two_tones():
     assert out.alpha.min() == 0 and out.alpha.max() == 1
 
 
+def _tone_at_azimuth(shape: str, degrees: float, colour: str = "blue") -> torch.Tensor:
+    """The rendered colour (3,) at the image centre of a camera looking straight in (elevation
+    0) from ``degrees`` of azimuth: the object's surface at that azimuth."""
+    cams = look_at_cameras(0.0, degrees, 2.5, 30.0, 33, 33)
+    return scene.render(f"a {colour} {shape}", cams).rgb[0, :, 16, 16]
+
+
+@pytest.mark.parametrize(
+    ("shape", "sectors", "tint"), [("ball", 8, 0.65), ("cone", 8, 0.65), ("cube", 4, 0.5)]
+)
+def test_round_shapes_have_eighths_and_a_paler_tint_square_ones_quarters(shape, sectors, tint):
+    # a round shape shows a spin only through its tone boundaries, so it has more of them
+    assert (scene.TONE_SECTORS[shape], scene.TINT[shape]) == (sectors, tint)
+    main = torch.tensor(COLOUR_RGB["blue"])
+    pale = (1.0 - tint) * main + tint
+    for k in range(sectors):  # the middle of each sector, going round from azimuth 0
+        px = _tone_at_azimuth(shape, (k + 0.5) * 360.0 / sectors)
+        tone = main if k % 2 == 0 else pale  # the prompt's colour first, then alternating
+        # Lambert shading scales every channel alike: the pixel is a multiple of its tone
+        assert torch.allclose(px / px.max(), tone / tone.max(), atol=0.02), (k, px)
+
+
 def test_spinning_changes_the_image_and_a_full_turn_returns():
     cams = look_at_cameras(15.0, [0.0, 120.0, 250.0], 2.5, 40.0, 32, 32)
     for shape in ("ball", "cube", "ring"):

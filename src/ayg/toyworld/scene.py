@@ -9,17 +9,29 @@ Objects (object space = world space, z up, centred at the origin, radius ≈ 0.5
 * ring — torus (R 0.3, r 0.1) standing upright in the y-z plane, facing the front (+x), so the
   cameras of stages 1 and 2 (elevation -10..45°) see its hole from most azimuths.
 
-Every object is two-toned so that rotation about z is visible from any azimuth: quarters about
-the z axis (boundaries at azimuths 0°, 90°, 180°, 270°) alternate between the prompt's colour
-(quarters x·y > 0) and a pale tint of it; the ring alternates quarters about its own axis
-(x) instead, since it has no extent around z. Shading is Lambert with a fixed world light plus
-an ambient term, so it is view-independent (a static Gaussian cloud can reproduce it).
+Every object is two-toned so that rotation about z is visible from any azimuth: equal sectors
+about the z axis (boundaries every 360°/TONE_SECTORS[shape] of azimuth, starting at 0°) alternate
+between the prompt's colour (the sector of azimuths 0° up to the first boundary, then every
+other one) and a pale tint of it, (1 − TINT[shape])·colour + TINT[shape]·white; the ring
+alternates sectors about its own axis (x) instead, since it has no extent around z. Shading is
+Lambert with a fixed world light plus an ambient term, so it is view-independent (a static
+Gaussian cloud can reproduce it).
+
+Cubes and rings have quarters and a tint of 0.5; balls and cones, eighths and a tint of 0.65
+(sessions 1–8 gave every shape quarters and 0.5). A turned cube or ring changes its silhouette,
+but a turned ball or cone, round about the spin axis, shows its spin only through the tone
+boundaries: at the video teacher's 24×40 a 30° turn of quarters at 0.5 changed 0.008 (ball)
+and 0.006 (cone) per pixel, against 0.03 for a cube or ring (`benchmarks/toy_spin_visibility.py`,
+docs/RESULTS.md), and distilled cones stayed still. Eighths at 0.65 give 0.020 and 0.013, and in
+a world that gave every shape eighths, six distilled cones in twelve spun instead of one; the
+cubes there did worse, so cubes and rings keep what they had. A period of 90° still turns less
+than half a period between two frames of any clip, so the direction of a spin stays readable.
 
 Motions, as functions of τ (any real; a segment uses [0, 1]); τ = 0 is always the rest pose:
 
 * spinning — rotation about z by 360°·SPIN_TURNS·τ. SPIN_TURNS = 1/6 (60° over a segment):
   the paper's deformation field outputs at most 0.5 per coordinate (C.2), which rules out
-  rotations much beyond 70° of a shape of radius ≈ 0.45, and a quarter-tone pattern makes 60°
+  rotations much beyond 70° of a shape of radius ≈ 0.45, and the tone pattern makes 60°
   plainly visible;
 * swaying — a bend of the top sideways (along y): a point moves by
   BEND_AMPLITUDE·sin(2π·c·τ)·h² along y, h = (z + 0.4)/0.8 its height above the base, with
@@ -28,7 +40,7 @@ Motions, as functions of τ (any real; a segment uses [0, 1]); τ = 0 is always 
 
 Why the two bends differ in pace, not only in direction: the cameras of stage 2 take any
 azimuth, and seen from 90° a sideways bend *is* a front-to-back one. Told apart by direction
-alone, the two motions differ only through the orientation of the quarter pattern — a cue of a
+alone, the two motions differ only through the orientation of the tone pattern — a cue of a
 pixel or two at the video teacher's 24×40, which the toy video teacher never learned (its
 diffusion-classifier check confused them at chance, docs/TOY_TEACHERS.md). A nod being quicker
 than a sway makes the two distinguishable from every azimuth, as real nods and sways are by
@@ -69,7 +81,8 @@ BEND_BASE_Z = -0.4  # the bend is rooted here (h = 0) and reaches h = 1 at z = +
 BEND_HEIGHT = 0.8
 
 BOUND_RADIUS = 0.72  # every object, in every pose, lies inside this sphere
-TINT = 0.5  # second tone = (1 - TINT)·colour + TINT·white
+TONE_SECTORS = {"ball": 8, "cube": 4, "cone": 8, "ring": 4}  # even: the two tones alternate
+TINT = {"ball": 0.65, "cube": 0.5, "cone": 0.65, "ring": 0.5}  # second tone's share of white
 AMBIENT = 0.4
 LIGHT_DIR = (0.5, 0.3, 1.0)  # world direction towards the light (normalised at use)
 
@@ -130,20 +143,22 @@ def main_tone(shape: str, points: Tensor) -> Tensor:
         angle = torch.atan2(points[..., 2], points[..., 1])  # about the ring's own axis (x)
     else:
         angle = torch.atan2(points[..., 1], points[..., 0])  # about z
-    quarter = torch.floor(angle / (math.pi / 2)).long()
-    return quarter % 2 == 0
+    sector = torch.floor(angle / (2.0 * math.pi / TONE_SECTORS[shape])).long()
+    return sector % 2 == 0
 
 
-def colour_tones(colour: str, device=None, dtype=torch.float32) -> tuple[Tensor, Tensor]:
-    """(main (3,), tint (3,)) RGB of a colour word."""
+def colour_tones(
+    colour: str, shape: str, device=None, dtype=torch.float32
+) -> tuple[Tensor, Tensor]:
+    """(main (3,), tint (3,)) RGB of a colour word on a shape."""
     c = torch.tensor(COLOUR_RGB[colour], dtype=dtype, device=device)
-    return c, (1.0 - TINT) * c + TINT
+    return c, (1.0 - TINT[shape]) * c + TINT[shape]
 
 
 def albedo(prompt: ToyPrompt, points: Tensor) -> Tensor:
     """Surface colour at rest-pose points (..., 3) -> (..., 3): the prompt's colour on
-    alternating quarters, a pale tint on the others."""
-    main, tint = colour_tones(prompt.colour, points.device, points.dtype)
+    alternating sectors, a pale tint on the others."""
+    main, tint = colour_tones(prompt.colour, prompt.shape, points.device, points.dtype)
     return torch.where(main_tone(prompt.shape, points).unsqueeze(-1), main, tint)
 
 
@@ -371,7 +386,7 @@ def render(
             shade.append(s_)
             got.append(h_)
         main = main_tone(shape, torch.cat(rest)).reshape(len(idx), P, 1)
-        tones = [colour_tones(prompts[i].colour, dev, dt) for i in idx]
+        tones = [colour_tones(prompts[i].colour, shape, dev, dt) for i in idx]
         c_main = torch.stack([t[0] for t in tones])[:, None]  # (G, 1, 3)
         c_tint = torch.stack([t[1] for t in tones])[:, None]
         shade_t = torch.cat(shade).reshape(len(idx), P, 1)
