@@ -293,7 +293,7 @@ def toy_preset() -> RunConfig:
     # teachers, CSD's classifier direction alone leaves the static cloud speckled with
     # off-colour floaters (mean squared error to the true object over the 20 views of F.1:
     # 0.014–0.087 on five prompts, 0.0015–0.007 with SDS; view consistency 0.44–0.91 → 1.0 on
-    # balls and cubes), and the quarter-tone pattern a spin must move is lost in the speckle.
+    # balls and cubes), and the tone pattern a spin must move is lost in the speckle.
     # Stage 2 keeps CSD (SDS there stops the motion, docs/RESULTS.md).
     s1.mode = "sds"
     s2.steps, s2.batch = 300, 2
