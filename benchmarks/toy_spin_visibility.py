@@ -23,14 +23,16 @@ import json
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-TEACHER_SIZE = (24, 40)  # the shipped toy video teacher's (height, width)
+from ayg.toyworld.nets import default_config, resize
+
+_VIDEO = default_config("video")  # the shipped toy video teacher's input size
 
 
 def _resize(x: Tensor) -> Tensor:
-    return F.interpolate(x, size=TEACHER_SIZE, mode="bilinear", align_corners=False)
+    """Renders to the video teacher's input, as its ``encode`` resizes them."""
+    return resize(x, _VIDEO.height, _VIDEO.width)
 
 
 def spin_changes(
