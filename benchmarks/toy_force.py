@@ -154,7 +154,7 @@ class ForceProbe:
             out["vid.cls"], out["vid.neg"] = cls, vid - cls
         if self.cfg.use_image:
             idx = d.image_frames[:, :, None, None, None].expand(-1, -1, 3, H, W)
-            picked = torch.gather(frames, 1, idx).reshape(-1, 1, 3, H, W)
+            picked = torch.gather(frames, 1, idx)  # (B, k, 3, H, W), as run_stage2 passes it
             out["im"], _ = distill_loss(
                 self.teachers["image"], self.im_term, picked, self.prompt, 0, g
             )

@@ -194,10 +194,14 @@ def test_fps_sampler_statistics():
     assert fps.shape == (B,) and tau.shape == (B, 16)
     freq = torch.stack([(fps == v).float().mean() for v in (4.0, 8.0, 12.0)])
     torch.testing.assert_close(freq, torch.tensor([0.81, 0.14, 0.05]), atol=0.015, rtol=0)
-    torch.testing.assert_close(tau[:, -1] - tau[:, 0], 3.0 / fps, atol=1e-5, rtol=0)
+    # C.3: 16 frames at 4 fps are 4 s of video and cover 0.75 of τ: one second is 0.1875,
+    # consecutive frames (1/fps s apart) 0.1875/fps, first to last 15·0.1875/fps
+    torch.testing.assert_close(tau[:, -1] - tau[:, 0], 15 * 0.1875 / fps, atol=1e-5, rtol=0)
     assert tau.min() >= 0 and tau.max() <= 1
     steps = tau[:, 1:] - tau[:, :-1]
-    torch.testing.assert_close(steps, (3.0 / fps / 15)[:, None].expand(B, 15), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        steps, (0.75 / 16 * 4 / fps)[:, None].expand(B, 15), atol=1e-5, rtol=0
+    )
     for v in (4.0, 8.0, 12.0):
         start = tau[fps == v, 0]
         assert start.max() <= 1 - 3.0 / v + 1e-6
@@ -206,6 +210,19 @@ def test_fps_sampler_statistics():
         FpsSampler(fps_values=(2,), probs=(1.0,))
     with pytest.raises(ValueError):
         FpsSampler(probs=(0.5, 0.5, 0.5))
+
+
+def test_fps_sampler_frame_counts_and_toy_pace():
+    # a 17-frame teacher (4k + 1) keeps C.3's pace; its last frame reaches at most τ = 1
+    fps, tau = FpsSampler(frames=17).sample(5000, gen(1))
+    assert tau.shape == (5000, 17)
+    torch.testing.assert_close(tau[:, -1] - tau[:, 0], 3.0 / fps, atol=1e-5, rtol=0)
+    assert tau.max() <= 1.0
+    # the toy world's clips fill 3/fps end to end (frame step 3/(15·fps))
+    fps, tau = FpsSampler(frame_step=0.2).sample(5000, gen(2))
+    torch.testing.assert_close(tau[:, 1:] - tau[:, :-1], (3.0 / fps / 15)[:, None].expand(-1, 15))
+    with pytest.raises(ValueError, match="frame step"):
+        FpsSampler(frames=17, frame_step=0.2)  # 16·0.2 > 3: the last frame would leave [0, 1]
 
 
 # ---------------------------------------------------------------- view prompts (D.3)

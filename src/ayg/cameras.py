@@ -307,27 +307,46 @@ class Stage2CameraSampler:
 
 @dataclass
 class FpsSampler:
-    """fps and frame times (C.3): fps ∈ {4, 8, 12} with p = (0.81, 0.14, 0.05); a clip of F
-    frames spans ``span_at_fps1 / fps`` of τ (3/fps: 0.75 at 4 fps), starts at
-    τ_s ~ U(0, 1 − span) and its frames are evenly spaced over the span.
+    """fps and frame times (C.3): fps ∈ {4, 8, 12} with p = (0.81, 0.14, 0.05), a start
+    τ_s ~ U(0, 1 − span_at_fps1/fps) (C.3: 1 − 3/fps), and frame i at τ_s + i·frame_step/fps.
+
+    C.3 sets "0.75 as the length of the time interval covering a 16 frame 4 fps video", i.e.
+    4 s of video ↔ 0.75 of τ, so one second is 0.1875 of τ and consecutive frames, 1/fps s apart,
+    are ``frame_step / fps`` = 0.1875/fps apart: the 16 frames cover 16 frame intervals
+    (3/fps), their first-to-last distance is 15·0.1875/fps. A teacher with F = 4k + 1 frames
+    (17) keeps the same pace; ``frame_step`` must satisfy (F − 1)·frame_step <= span_at_fps1
+    so the last frame stays inside [0, 1].
     """
 
     fps_values: tuple[int, ...] = (4, 8, 12)
     probs: tuple[float, ...] = (0.81, 0.14, 0.05)
     frames: int = 16
     span_at_fps1: float = 3.0
+    frame_step: float = 0.1875
 
     def __post_init__(self) -> None:
         if len(self.fps_values) != len(self.probs):
             raise ValueError("fps_values and probs must have the same length")
         if any(p < 0 for p in self.probs) or not math.isclose(sum(self.probs), 1.0, abs_tol=1e-6):
             raise ValueError(f"fps probabilities must be >= 0 and sum to 1, got {self.probs}")
-        if any(self.span_at_fps1 / f > 1.0 for f in self.fps_values):
+        if any(f <= 0 for f in self.fps_values) or any(
+            self.span_at_fps1 / f > 1.0 for f in self.fps_values
+        ):
             raise ValueError(
-                f"every fps must satisfy {self.span_at_fps1}/fps <= 1, got {self.fps_values}"
+                f"every fps must be > 0 and satisfy {self.span_at_fps1}/fps <= 1, "
+                f"got {self.fps_values}"
+            )
+        if (
+            not 0.0 < self.frame_step
+            or (self.frames - 1) * self.frame_step > self.span_at_fps1 + 1e-9
+        ):
+            raise ValueError(
+                f"the frame step must be > 0 and (frames - 1)·step <= {self.span_at_fps1} "
+                f"(the last frame inside [0, 1]), got step {self.frame_step} for {self.frames} frames"
             )
 
     def span(self, fps: Tensor) -> Tensor:
+        """τ-length of the clip window the start is drawn for (C.3: 3/fps)."""
         return self.span_at_fps1 / fps
 
     def sample(
@@ -340,10 +359,9 @@ class FpsSampler:
         probs = torch.tensor(self.probs, dtype=torch.float64)
         idx = torch.multinomial(probs, batch, replacement=True, generator=generator)
         fps = torch.tensor(self.fps_values, dtype=torch.float32)[idx]  # (B,)
-        span = self.span(fps)
-        start = torch.rand(batch, generator=generator) * (1.0 - span)
-        ramp = torch.arange(self.frames, dtype=torch.float32) / max(self.frames - 1, 1)
-        tau = start[:, None] + span[:, None] * ramp[None]
+        start = torch.rand(batch, generator=generator) * (1.0 - self.span(fps))
+        ramp = torch.arange(self.frames, dtype=torch.float32) * self.frame_step  # (F,)
+        tau = start[:, None] + ramp[None] / fps[:, None]
         return fps.to(device), tau.clamp(0.0, 1.0).to(device)
 
 

@@ -26,6 +26,9 @@ from typing import Any
 #   elevations stay the paper's.
 TOY_STAGE2_DISTANCE = (1.2, 2.2)
 TOY_STAGE2_AZIMUTH_OFFSET = (-15.0, 15.0)
+# The toy video teacher's training clips have 16 frames that fill 3/fps of τ end to end: frame
+# step 3/(15·fps) = 0.2/fps, where C.3's pace is 0.1875/fps (cameras.FpsSampler).
+TOY_FPS_FRAME_STEP = 0.2
 
 VIDEO_NEGATIVE_PROMPT = "low motion, static statue, not moving, no motion"
 MVDREAM_NEGATIVE_PROMPT = (
@@ -123,6 +126,7 @@ class Stage2Config:
     t_range: tuple[float, float] = (0.02, 0.98)
     fps_values: tuple[int, ...] = (4, 8, 12)
     fps_probs: tuple[float, ...] = (0.81, 0.14, 0.05)
+    fps_frame_step: float = 0.1875  # τ between frames at 1 fps (C.3: 16 frames at 4 fps = 0.75)
     fov_range: tuple[float, float] = (40.0, 70.0)
     elevation_range: tuple[float, float] = (-10.0, 45.0)
     distance_range: tuple[float, float] = (1.5, 3.0)
@@ -326,6 +330,13 @@ def toy_preset() -> RunConfig:
     # spins 20/48 (7/32 at seeds 0 and 1 with the full range), sways 47/48, nods 48/48,
     # appearance 100 %, drift 0.29 (0.20 with the full range).
     s2.t_range = (0.02, 0.5)
+    # The image teacher's weights at which every toy figure in docs/RESULTS.md was measured:
+    # ω_im and ω_vg at 1/4 of the paper's in stage 1 (0.1, 0.75) and ω_im at 1/4 in stage 2
+    # (video : image 1 : 0.25), the scale the image frames had before each frame got its full
+    # weight of eq. 22 / 24.
+    s1.omega_im, s1.omega_vg = 0.1, 0.75
+    s2.omega_im = 0.25
+    s2.fps_frame_step = TOY_FPS_FRAME_STEP  # the pace the toy video teacher was trained on
     cfg.output.preview_frames = 24
     cfg.output.preview_width = cfg.output.preview_height = 128
     cfg.output.checkpoint_every = 100

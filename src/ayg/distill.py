@@ -12,15 +12,19 @@ evaluations ε̂(z_t, ·, t), all run in one batched call:
 * motion amplification (sec. 3.4, eq. 24):  δ -> ⟨δ⟩ + ω_ma (δ - ⟨δ⟩), ⟨·⟩ the mean over frames,
   applied to the video score *after* the negative term was added (eq. 23).
 
-The guidance weights ω_neg and ω_vg are absolute, as eq. 22 writes them (they are not multiplied
-by the term's ω); eq. 24 writes ω_vid outside the negative term, which is the same thing at the
-paper's ω_vid = 1.
+Where the term's weight ω sits follows the equations: eq. 22 (stage 1) weights only the
+classifier score, ω_3D·δ_cls + ω_neg(…) and ω_im·δ_cls + ω_vg(…), so ω_neg and ω_vg are absolute;
+eq. 24 (stage 2) writes ω_vid outside the negative term and the motion amplification,
+ω_vid·MA(δ_cls + ω_neg(…)) (``TeacherTerm.weight_covers_guidance``).
 
 Composition (sec. 3.2, D.1-D.2): the reverse KL to a product of teachers p_1^ω1 p_2^ω2 ...
 has the sum of the teachers' terms as its gradient. Each :func:`distill_loss` returns a
 surrogate whose gradient w.r.t. that teacher's latents is the term's ``w(t)·direction / B``,
-backpropagated through that teacher's encoder; summing the surrogates (:func:`compose`) and
-calling ``backward()`` once reaches the Gaussians (stage 1) or the deformation field (stage 2).
+B the number of *sequences* (stage-1 samples of 4 views, stage-2 clips), backpropagated through
+that teacher's encoder; summing the surrogates (:func:`compose`) and calling ``backward()`` once
+reaches the Gaussians (stage 1) or the deformation field (stage 2). An image teacher sees the F
+frames of each sequence as F independent samples (D.2: a product over the frames), and every
+frame gets the same ``w(t)·direction / B`` scale as a frame of the multiview or video teacher.
 """
 
 from __future__ import annotations
@@ -270,6 +274,8 @@ class TeacherTerm:
     view_guidance: ω_vg of sec. 3.4 (image teacher in stage 1; needs ``views``).
     motion_amplification: ω_ma of eq. 24 (video teacher; 1 = off).
     weighting: w(t), "sds" (1 - ᾱ_t) or "uniform".  grad_frames: see Teacher.encode.
+    weight_covers_guidance: ω multiplies the whole direction, negative term and motion
+    amplification included (eq. 24, the video term); otherwise only the base score (eq. 22).
     """
 
     weight: float = 1.0
@@ -282,6 +288,7 @@ class TeacherTerm:
     motion_amplification: float = 1.0
     weighting: str = "sds"
     grad_frames: int | None = None
+    weight_covers_guidance: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ("csd", "sds"):
@@ -326,11 +333,11 @@ class Branches:
 
 
 def _csd_base(term: TeacherTerm, eps: Branches, noise: Tensor) -> Tensor:
-    return term.weight * classifier_score(eps.cond, eps.uncond)
+    return classifier_score(eps.cond, eps.uncond)
 
 
 def _sds_base(term: TeacherTerm, eps: Branches, noise: Tensor) -> Tensor:
-    return term.weight * sds_direction(eps.cond, eps.uncond, noise, term.cfg_scale)
+    return sds_direction(eps.cond, eps.uncond, noise, term.cfg_scale)
 
 
 BASE_DIRECTIONS: dict[str, Callable[[TeacherTerm, Branches, Tensor], Tensor]] = {
@@ -340,23 +347,31 @@ BASE_DIRECTIONS: dict[str, Callable[[TeacherTerm, Branches, Tensor], Tensor]] = 
 
 
 def guidance_direction(term: TeacherTerm, eps: Branches, noise: Tensor) -> Tensor:
-    """The full direction of one term (without w(t)), (B, F, c, h, w):
-    MA( ω·base + ω_neg·(ε̂_∅ - ε̂_neg) + ω_vg·(ε̂_aug - ε̂_v) ), MA = motion amplification."""
-    direction = BASE_DIRECTIONS[term.mode](term, eps, noise)
+    """The full direction of one term (without w(t)), (B, F, c, h, w), MA = motion amplification:
+
+    * eq. 22:  MA( ω·base + ω_neg·(ε̂_∅ - ε̂_neg) + ω_vg·(ε̂_aug - ε̂_v) )
+    * eq. 24 (``weight_covers_guidance``):  ω·MA( base + ω_neg·(ε̂_∅ - ε̂_neg) + ω_vg·(…) )
+    """
+    base = BASE_DIRECTIONS[term.mode](term, eps, noise)
+    inner = 1.0 if term.weight_covers_guidance else term.weight
+    direction = inner * base
     if eps.negative is not None:
         direction = direction + negative_prompt_term(eps.uncond, eps.negative, term.negative_weight)
     if eps.view is not None:
         direction = direction + view_guidance_term(eps.view, eps.cond, term.view_guidance)
     if term.motion_amplification != 1.0:
         direction = motion_amplification(direction, term.motion_amplification)
+    if term.weight_covers_guidance:
+        direction = term.weight * direction
     return direction
 
 
-def surrogate_loss(latents: Tensor, grad: Tensor) -> Tensor:
-    """0.5·‖z - sg(z - g)‖² summed, divided by B: its gradient w.r.t. ``latents`` (B, ...) is
-    ``grad / B`` (the threestudio convention)."""
+def surrogate_loss(latents: Tensor, grad: Tensor, sequences: int | None = None) -> Tensor:
+    """0.5·‖z - sg(z - g)‖² summed, divided by B: its gradient w.r.t. ``latents`` is ``grad / B``
+    (the threestudio convention), B = ``sequences`` (default ``latents.shape[0]``)."""
     target = (latents - grad).detach()
-    return 0.5 * (latents - target).square().sum() / latents.shape[0]
+    b = latents.shape[0] if sequences is None else sequences
+    return 0.5 * (latents - target).square().sum() / b
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,10 +431,13 @@ def distill_loss(
     independent samples (D.2's product over the M frames); ``views`` then has B·F words, else B.
     ``cond`` is for the teacher's own batch (B·F cameras sample-major; fps (B,)).
 
-    The returned loss has gradient ``w(t)·direction / B`` w.r.t. the latents (B = images.shape[0])
-    with t drawn per sample (shared by its frames); see :func:`guidance_direction`.
+    The returned loss has gradient ``w(t)·direction / B`` w.r.t. the latents of every frame,
+    B = images.shape[0] the number of sequences (also for an image teacher, whose B·F samples
+    are frames of B sequences), with t drawn per sample (shared by its frames); see
+    :func:`guidance_direction`. Pass the frames as (B, F, ...) — flattening them to (B·F, 1, ...)
+    first would divide each frame's gradient by F once more.
     """
-    batch0 = images.shape[0] if images.ndim == 5 else 0
+    sequences = images.shape[0] if images.ndim == 5 else 0
     if teacher.frames == 1 and images.ndim == 5 and images.shape[1] > 1:
         images = images.reshape(-1, 1, *images.shape[2:])  # (B·F, 1, 3, H, W)
     batch = images.shape[0]
@@ -458,9 +476,7 @@ def distill_loss(
         w = WEIGHTINGS[term.weighting](a_t)  # (B, 1, 1, 1, 1)
         grad = torch.nan_to_num(w * direction)
 
-    loss = surrogate_loss(latents, grad)
-    if batch != batch0 and batch0 > 0:
-        loss = loss * (batch / batch0)  # folded image frames: divide by the caller's B
+    loss = surrogate_loss(latents, grad, sequences)
     stats = {
         "loss": float(loss.detach()),
         "t_mean": float(t_frac.mean()),

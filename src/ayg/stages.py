@@ -314,7 +314,7 @@ def run_stage1(
             l_im, s = distill_loss(
                 im_teacher,
                 im_term,
-                images.reshape(-1, 1, 3, cfg.height, cfg.width),
+                images,  # (B, V, 3, H, W): each view one image sample, at the views' scale
                 prompt,
                 step,
                 generator,
@@ -377,6 +377,7 @@ def stage2_terms(
         negative_weight=cfg.omega_neg,
         motion_amplification=cfg.omega_ma,
         grad_frames=grad_frames,
+        weight_covers_guidance=True,  # eq. 24: ω_vid·MA(δ_cls + ω_neg·(…))
     )
     im = TeacherTerm(
         weight=cfg.omega_im, t_range=schedule, mode=cfg.mode, cfg_scale=cfg.sds_guidance
@@ -398,7 +399,12 @@ def image_frame_indices(batch: int, frames: int, k: int, generator: torch.Genera
 
 def stage2_samplers(cfg: Stage2Config) -> tuple[FpsSampler, Stage2CameraSampler]:
     """Stage 2's fps / τ sampler (C.3) and dynamic camera sampler (C.6) for ``cfg``."""
-    fps = FpsSampler(fps_values=cfg.fps_values, probs=cfg.fps_probs, frames=cfg.frames)
+    fps = FpsSampler(
+        fps_values=cfg.fps_values,
+        probs=cfg.fps_probs,
+        frames=cfg.frames,
+        frame_step=cfg.fps_frame_step,
+    )
     cams = Stage2CameraSampler(
         fov_range=cfg.fov_range,
         elevation_range=cfg.elevation_range,
@@ -505,9 +511,8 @@ def run_stage2(
         if image is not None:
             idx = image_frame_indices(B, F, cfg.image_frames, generator).to(device)  # (B, k)
             picked = torch.gather(frames, 1, idx[:, :, None, None, None].expand(-1, -1, 3, H, W))
-            l_im, s_im = distill_loss(
-                image, im_term, picked.reshape(-1, 1, 3, H, W), prompt, step, generator
-            )
+            # (B, k, 3, H, W): each picked frame one image sample, at the video frames' scale
+            l_im, s_im = distill_loss(image, im_term, picked, prompt, step, generator)
             loss = loss + l_im
             stats.update({f"im_{k}": v for k, v in s_im.items()})
         delta = positions - canon[None]  # (B·F, N, 3) displacement of this segment

@@ -31,7 +31,7 @@ from ayg.cameras import (
     look_at_cameras,
     view_direction,
 )
-from ayg.config import TOY_STAGE2_AZIMUTH_OFFSET, TOY_STAGE2_DISTANCE
+from ayg.config import TOY_FPS_FRAME_STEP, TOY_STAGE2_AZIMUTH_OFFSET, TOY_STAGE2_DISTANCE
 from ayg.toyworld.scene import render
 from ayg.toyworld.vocab import (
     COLOURS,
@@ -57,6 +57,7 @@ EVAL_FOV = 40.0
 
 # The stage-2 cameras of the toy preset (C.6 with closer distances and smaller azimuth offsets,
 # see config.TOY_STAGE2_DISTANCE): what the video teacher and the classifiers see of stage 2.
+TOY_FPS = FpsSampler(frame_step=TOY_FPS_FRAME_STEP)  # the training clips' pace (C.3)
 TOY_STAGE2_CAMERAS = Stage2CameraSampler(
     distance_range=TOY_STAGE2_DISTANCE, azimuth_offset_range=TOY_STAGE2_AZIMUTH_OFFSET
 )
@@ -294,7 +295,7 @@ def sample_video_batch(
         ToyPrompt(*(ALL_PAIRS[int(a)] if m is None else moving_pool[int(b)]), m)
         for m, a, b in zip(motions, idx_all, idx_moving, strict=True)
     ]
-    fps, tau = replace(fps_sampler or FpsSampler(), frames=frames).sample(batch, generator)
+    fps, tau = replace(fps_sampler or TOY_FPS, frames=frames).sample(batch, generator)
     sampler = replace(cameras or TOY_STAGE2_CAMERAS, frames=frames, width=W, height=H)
     cams = sampler.sample(batch, generator, device)
     bg = _backgrounds(batch, generator)
@@ -374,7 +375,7 @@ def sample_motion_batch(
         ToyPrompt(c, s, None if int(m) == MOTION_STATIC else MOTION_CLASSES[int(m)])
         for (c, s), m in zip(pairs, motion_idx, strict=True)
     ]
-    fps, tau = FpsSampler(frames=frames).sample(batch, generator)
+    fps, tau = replace(TOY_FPS, frames=frames).sample(batch, generator)
     mirrored = torch.rand(batch, generator=generator) < mirror_prob
     tau = torch.where(mirrored[:, None], -tau, tau)
     stage2 = replace(TOY_STAGE2_CAMERAS, frames=frames, width=W, height=H)
