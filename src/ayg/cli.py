@@ -219,9 +219,54 @@ def cmd_view(args) -> int:
     return 0
 
 
+def cmd_eval_clip(args) -> int:
+    import torch
+
+    from ayg.pipeline import load_cloud_or_asset, resolve_device
+    from ayg.rprecision import ClipRetriever, r_precision, read_prompt_set
+
+    if args.prompts is None:
+        raise ValueError("--clip needs --prompts FILE: the prompt set to retrieve among")
+    prompt_set = read_prompt_set(args.prompts)
+    device = resolve_device(args.device or "auto")
+    assets = [load_cloud_or_asset(p).to(device) for p in args.assets]
+    if args.prompt is not None:
+        if len(args.prompt) not in (1, len(assets)):
+            raise ValueError(f"give one --prompt per asset ({len(assets)}) or none")
+        prompts = list(args.prompt) * (len(assets) if len(args.prompt) == 1 else 1)
+    else:
+        prompts = []
+        for path, a in zip(args.assets, assets, strict=True):
+            if not a.prompts:
+                raise ValueError(f"'{path}' records no prompt; give it with --prompt")
+            prompts.append(a.prompts[0])
+    retriever = ClipRetriever.from_pretrained(args.clip, device=device)
+    res = r_precision(
+        assets, prompts, prompt_set, retriever, torch.Generator().manual_seed(args.seed or 0)
+    )
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
+        return 0
+    for path, row in zip(args.assets, res["assets"], strict=True):
+        print(path)
+        print(f"  prompt: {row['prompt']}")
+        print(f"  retrieved (4D): {row['retrieved_4d']}  (3D, τ = 0: {row['retrieved_tau0']})")
+        print(
+            f"  view accuracy: {row['view_accuracy_4d']:.2f}  (3D: {row['view_accuracy_tau0']:.2f})"
+        )
+    n = len(res["assets"])
+    print(
+        f"R-Precision among {res['prompt_set_size']} prompts, {n} asset(s): "
+        f"{100 * res['r_precision']:.1f} % (4D), {100 * res['r_precision_tau0']:.1f} % (3D, τ = 0)"
+    )
+    return 0
+
+
 def cmd_eval(args) -> int:
     from ayg.evaluate import evaluate_paths
 
+    if args.clip is not None:
+        return cmd_eval_clip(args)
     results = evaluate_paths(args.assets, prompts=args.prompt, seed=args.seed or 0)
     for path, res in zip(args.assets, results, strict=False):
         if args.json:
@@ -318,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="one JSON object per asset")
+    p.add_argument(
+        "--clip",
+        metavar="MODEL_ID",
+        default=None,
+        help="CLIP R-Precision (F.1) with this CLIP model (Hugging Face id or folder)",
+    )
+    p.add_argument(
+        "--prompts", metavar="FILE", default=None, help="--clip: the prompt set, one a line"
+    )
+    p.add_argument("--device", default=None, help="--clip: auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_eval)
     return parser
 
