@@ -139,11 +139,19 @@ def close_notifications(page) -> None:
     page.wait_for_timeout(300)
 
 
-def seek(page, slider, key: str, settle_ms: int = 1500) -> np.ndarray:
+def seek(page, slider, key: str, settle_ms: int = 1200) -> np.ndarray:
     slider.focus()
     page.keyboard.press(key)
     page.wait_for_timeout(settle_ms)
     return canvas_shot(page)
+
+
+def keep_page(page, name: str) -> None:
+    """With AYG_SCREENSHOTS set, the whole page (controls included) for the README."""
+    keep = os.environ.get("AYG_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(keep) / f"{name}_page.png"))
 
 
 def half(img: np.ndarray) -> np.ndarray:
@@ -193,13 +201,14 @@ def test_web_player_in_chromium(browser, tmp_path):
     from ayg.webplayer import export_web
 
     asset = red_ball()
-    info = export_web(asset, tmp_path / "web", fps=8, seconds=2)
+    info = export_web(asset, tmp_path / "web", fps=4, seconds=1)
     page, outside = open_page(browser, info["path"].resolve().as_uri())
     try:
         wait_for_red(page)
         close_notifications(page)
         slider = page.locator(".mantine-Slider-root").first  # the playback bar's time slider
         shots = {0.0: seek(page, slider, "Home"), 1.0: seek(page, slider, "End")}
+        keep_page(page, "web_player")
     finally:
         page.close()
     check_pair(asset, shots, "web_player")
@@ -221,11 +230,12 @@ def test_ayg_view_in_chromium(browser, mode):
             # the GUI's "time" slider: its <label for=...> names the slider's id
             slider_id = page.locator("label", has_text=re.compile("^time$")).get_attribute("for")
             thumb = page.locator(f'[id="{slider_id}"] [role=slider]')
-            settle = 1500 if mode == "splats" else 3000
+            settle = 1200 if mode == "splats" else 3000
             shots = {
                 0.0: seek(page, thumb, "Home", settle),
                 1.0: seek(page, thumb, "End", settle),
             }
+            keep_page(page, f"view_{mode}")
         finally:
             page.close()
     finally:
