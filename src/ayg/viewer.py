@@ -209,6 +209,9 @@ class Viewer:
 
     def stop(self) -> None:
         self._state["stop"] = True
+        loop = self._state.get("thread")
+        if loop is not None and loop is not threading.current_thread():
+            loop.join(timeout=5.0)  # let the update loop finish what it is sending
         stop_server(self.server)
 
 
@@ -365,7 +368,8 @@ def view(
     )
     print(f"ayg view: serving on {url}{moved}; {reach}", flush=True)
     if not block:
-        threading.Thread(target=loop, daemon=True).start()
+        state["thread"] = threading.Thread(target=loop, daemon=True)
+        state["thread"].start()
         return viewer
     print("ayg view: Ctrl-C to stop", flush=True)
     try:
