@@ -164,8 +164,9 @@ def read_compressed_positions_plyfile(path) -> np.ndarray:
 EXACT = dict(means=1e-6, log_scales=1e-5, rgb=1e-6, opacity=1e-6, cov=1e-4)
 TOLERANCES = {
     "ply-frames": EXACT,
-    "splat": dict(means=1e-6, log_scales=1e-5, rgb=1.0 / 255 + 1e-9, opacity=1.0 / 255 + 1e-9,
-                  cov=0.02),  # fmt: skip
+    "splat": dict(
+        means=1e-6, log_scales=1e-5, rgb=1.0 / 255 + 1e-9, opacity=1.0 / 255 + 1e-9, cov=0.02
+    ),  # fmt: skip
     "ply-compressed": dict(means=1e-3, log_scales=0.01, rgb=0.01, opacity=1.0 / 255, cov=0.05),
     "spz": dict(means=2.5e-4, log_scales=0.035, rgb=0.005, opacity=1.0 / 255, cov=0.08),
 }
@@ -226,3 +227,27 @@ def test_frames_bad_arguments(tmp_path):
     with pytest.raises(ExportError, match="is not a directory"):
         export_frames(asset, tmp_path / "file", [0.0], "spz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_cli_frames_and_web(tmp_path, capsys):
+    from ayg.cli import main
+
+    path = tmp_path / "a.ayg"
+    moving_scene().save(path)
+    rc = main(["export", str(path), "--format", "spz", "--out", str(tmp_path / "f"),
+               "--frames", "3", "--up", "z", "--fps", "6"])  # fmt: skip
+    assert rc == 0 and "wrote 3 spz frames" in capsys.readouterr().out
+    m = json.loads((tmp_path / "f" / "frames.json").read_text())
+    assert m["coordinates"]["up"] == "z" and m["fps"] == 6.0 and len(m["files"]) == 3
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(path), "--format", "spz", "--out", str(tmp_path / "g"), "--up", "x"])
+    assert e.value.code == 2 and not (tmp_path / "g").exists()
+    pytest.importorskip("viser")
+    rc = main(["export", str(path), "--format", "web", "--out", str(tmp_path / "w"),
+               "--fps", "4", "--seconds", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "kB per second" in out and "5 frames" in out, out
+    html = (tmp_path / "w" / "index.html").read_text()
+    assert "__VISER_EMBED_DATA__" in html and sorted(
+        p.name for p in (tmp_path / "w").iterdir()
+    ) == ["index.html"]
