@@ -45,7 +45,8 @@ def test_ply_frames_hold_positions_at_their_times(tmp_path):
     times = [0.0, 0.6, 1.5]
     paths = export_ply_frames(asset, tmp_path / "frames", times)
     assert [p.name for p in paths] == ["frame_0000.ply", "frame_0001.ply", "frame_0002.ply"]
-    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [p.name for p in paths]
+    names = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert names == sorted([p.name for p in paths] + ["frames.json"])
     with torch.no_grad():
         pos = asset.positions(times)
         attrs = asset.attributes()
@@ -127,6 +128,17 @@ def test_video_has_the_right_frame_count(tmp_path):
     # white background by default, and something drawn in the middle
     assert frames[0][0, 0].min() > 200 and frames[0].min() < 200
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
+    # +faststart: the top-level moov box (the index) comes before mdat (the frames)
+    data = path.read_bytes()
+    boxes, pos = [], 0
+    while pos + 8 <= len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        boxes.append(data[pos + 4 : pos + 8].decode("latin-1"))
+        if size < 8:
+            break
+        pos += size
+    assert "moov" in boxes and "mdat" in boxes, boxes
+    assert boxes.index("moov") < boxes.index("mdat"), boxes
 
 
 def test_turntable_and_png(tmp_path):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
@@ -52,6 +53,16 @@ def test_generate_outputs(chain):
     assert header["config"]["preset"] == "tiny"
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["stage1"]["steps"] == 6 and cfg["job"]["prompt"] == "a blue cone nodding"
+    o = cfg["config"]["output"]
+    assert cfg["preview"] == {
+        "file": "preview.mp4", "frames": o["preview_frames"], "fps": o["preview_fps"],
+        "seconds": o["preview_frames"] / o["preview_fps"], "width": o["preview_width"],
+        "height": o["preview_height"],
+    }  # fmt: skip
+    reader = imageio.get_reader(out / "preview.mp4")
+    assert reader.count_frames() == o["preview_frames"]
+    assert reader.get_meta_data()["fps"] == pytest.approx(o["preview_fps"])
+    reader.close()
     phases = {json.loads(line)["phase"] for line in (out / "losses.jsonl").read_text().splitlines()}
     assert {"stage1", "stage2"} <= phases
     loaded = Asset.load(out / "asset.ayg")
@@ -130,9 +141,16 @@ def test_compose_render_export(chain, tmp_path):
     times = np.linspace(0, composed.duration, 3)
     for p, t in zip(plys, times, strict=False):
         cloud = load_ply(p)
+        x, y, z = composed.positions(torch.tensor([float(t)]))[0].unbind(-1)
+        # the default --up y: (x, y, z) -> (x, -z, y), up is -y in the files
         torch.testing.assert_close(
-            cloud.means.detach(), composed.positions(torch.tensor([float(t)]))[0], atol=1e-5, rtol=0
+            cloud.means.detach(), torch.stack([x, -z, y], dim=-1), atol=1e-5, rtol=0
         )
+    manifest = json.loads((frames / "frames.json").read_text())
+    assert manifest["coordinates"]["up"] == "y" and len(manifest["files"]) == 3
+    assert [o["placement"] for o in manifest["objects"]] == [
+        o.placement.to_dict() for o in composed.objects
+    ]
     tracks = tmp_path / "tracks.npz"
     assert (
         main(

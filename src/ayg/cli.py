@@ -171,7 +171,7 @@ def cmd_export(args) -> int:
     import numpy as np
 
     from ayg.cameras import look_at_cameras, orbit_cameras
-    from ayg.export import export_ply_frames, export_tracks, export_video
+    from ayg.export import FRAME_FORMATS, export_frames, export_tracks, export_video
     from ayg.pipeline import load_cloud_or_asset
 
     asset = load_cloud_or_asset(args.asset)
@@ -183,9 +183,22 @@ def cmd_export(args) -> int:
         else list(np.linspace(0.0, asset.duration, args.frames))
     )
     out = Path(args.out)
-    if args.format == "ply-frames":
-        paths = export_ply_frames(asset, out, times)
-        print(f"wrote {len(paths)} PLY frames to {out}")
+    if args.format in FRAME_FORMATS:
+        m = export_frames(asset, out, times, args.format, up=args.up, fps=args.fps)
+        print(
+            f"wrote {len(m['files'])} {args.format} frames and {out / 'frames.json'} "
+            f"(up: {args.up}; {m['bytes'] / 1e6:.2f} MB, {m['bytes_per_second'] / 1e6:.2f} MB per "
+            f"second at {args.fps:g} fps)"
+        )
+    elif args.format == "web":
+        from ayg.webplayer import export_web
+
+        w = export_web(asset, out, fps=args.fps, seconds=args.seconds)
+        print(
+            f"wrote {w['path']} ({w['bytes'] / 1e6:.2f} MB: player {w['player_bytes'] / 1e6:.2f} MB, "
+            f"animation {w['animation_bytes'] / 1e3:.0f} kB = {w['bytes_per_second'] / 1e3:.0f} kB "
+            f"per second, {w['frames']} frames at {args.fps:g} fps); open it in a browser, no server needed"
+        )
     elif args.format == "tracks":
         if args.cameras:
             spec = json.loads(Path(args.cameras).read_text())
@@ -213,9 +226,10 @@ def cmd_export(args) -> int:
 
 def cmd_view(args) -> int:
     from ayg.pipeline import load_cloud_or_asset
-    from ayg.viewer import view
+    from ayg.viewer import check_address, view
 
-    view(load_cloud_or_asset(args.asset), host=args.host, port=args.port)
+    check_address(args.host, args.port)  # before loading: a bad address fails at once
+    view(load_cloud_or_asset(args.asset), host=args.host, port=args.port, mode=args.mode)
     return 0
 
 
@@ -331,10 +345,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("export", help="per-frame PLYs, tracks (.npz) or a video")
+    p = sub.add_parser(
+        "export",
+        help="frame sequences (PLY, .splat, compressed PLY, SPZ), a web player, tracks or a video",
+    )
     p.add_argument("asset")
-    p.add_argument("--format", required=True, choices=("ply-frames", "tracks", "video"))
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=("ply-frames", "splat", "ply-compressed", "spz", "web", "tracks", "video"),
+        help="ply-frames|splat|ply-compressed|spz: one file per time and frames.json in --out; "
+        "web: --out/index.html, a player that opens offline; tracks: an .npz; video: an .mp4",
+    )
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--up",
+        choices=("y", "z"),
+        default="y",
+        help="frame sequences: y (default) turns the asset so that up is -y in the files, as "
+        "3DGS captures are and as SuperSplat and the antimatter15 viewer show upright; z keeps "
+        "ayg's z-up world",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="web: playback length of the animation (default: the run's preview length)",
+    )
     p.add_argument("--frames", type=int, default=16, help="number of evenly spaced times")
     p.add_argument(
         "--times", default=None, help="comma-separated global times (overrides --frames)"
@@ -347,13 +384,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--height", type=int, default=256)
-    p.add_argument("--fps", type=int, default=12)
+    p.add_argument("--fps", type=int, default=12, help="video, web and frame sequences")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("view", help="interactive viewer with a time slider (viser)")
     p.add_argument("asset")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: all)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only). The viewer has no "
+        "authentication: --host 0.0.0.0 lets anyone on the network watch and drive it",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="port (default 8080; the next free one if taken, and the one bound is printed)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("splats", "server"),
+        default="splats",
+        help="splats (default): the browser draws the Gaussians (degree-0 colour); server: "
+        "ayg renders every view with the full SH colour, as ayg render does",
+    )
     p.set_defaults(func=cmd_view)
 
     p = sub.add_parser("eval", help="metrics of DESIGN §8 for one or more assets")

@@ -1,7 +1,20 @@
-"""Outputs users expect (DESIGN §5): per-frame PLYs for standard splat viewers, tracks (the
-3D trajectory of every Gaussian and its 2D projection with visibility: the paper's "exact
-tracking labels for free", sec. 6), a preview video (orbit camera while time runs) and a
-turntable grid at chosen times. Every file is written atomically (temp file, then rename).
+"""Outputs users expect: frame sequences for splat viewers (one file per time, in the Inria PLY,
+antimatter15 ``.splat``, PlayCanvas compressed PLY or Niantic SPZ format, with a
+``frames.json`` manifest), tracks (the 3D trajectory of every Gaussian and its 2D projection
+with visibility: the paper's "exact tracking labels for free", sec. 6), a preview video (orbit
+camera while time runs, ``+faststart`` so a browser plays it while it loads) and a turntable
+grid at chosen times. Every file is written atomically (temp file, then rename).
+
+Frame sequences (``export_frames``). The asset's world is z up (ayg's convention). ``up="y"``
+writes the files turned by +90° about x, (x, y, z) → (x, −z, y), so that up is −y in the file:
+the orientation of Inria / COLMAP captures, which SuperSplat (the PlayCanvas viewer: it rolls
+every splat 180° about z into its y-up world) and the antimatter15 viewer show upright.
+``up="z"`` keeps ayg's world. Writers: the PLY frames are ayg's own Inria writer (``save_ply``,
+every field exact in float32), ``.splat`` is gsplat's ``export_splats`` (the only maintained
+writer of that format), compressed PLY and SPZ are gsply's (the same quantisation as gsplat's
+compressed PLY at 1/25 of its time on 50,000 Gaussians, every Gaussian kept, and the only SPZ
+writer on PyPI that installs without a Rust toolchain). ``.splat`` and compressed PLY store
+the Gaussians in the writer's spatial (Morton) order; PLY and SPZ keep the asset's order.
 
 Tracks file (``export_tracks``, a ``.npz`` readable with ``numpy.load``):
 
@@ -31,10 +44,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ayg.asset import Asset
+from ayg.asset import Asset, AssetObject, Placement
 from ayg.cameras import Cameras, look_at_cameras, orbit_cameras
-from ayg.gaussians import save_ply
-from ayg.io_utils import atomic_path, atomic_write, write_numpy_npz
+from ayg.gaussians import GaussianCloud, save_ply
+from ayg.io_utils import atomic_path, atomic_write, write_bytes, write_json, write_numpy_npz
 from ayg.render import NEAR_PLANE, gaussian_visibility
 
 NEAR = (
@@ -120,29 +133,192 @@ def _render_rgb(
 
 
 # ----------------------------------------------------------------------------------------------
-# per-frame PLY
+# frame sequences: one file per time and a frames.json manifest
+
+FRAME_FORMATS = ("ply-frames", "splat", "ply-compressed", "spz")
+FRAME_SUFFIX = {
+    "ply-frames": ".ply",
+    "splat": ".splat",
+    "ply-compressed": ".compressed.ply",
+    "spz": ".spz",
+}
+KEEPS_ORDER = {"ply-frames": True, "splat": False, "ply-compressed": False, "spz": True}
+UP_AXES = ("y", "z")
+# (3, 3) rotation from ayg's z-up world to the file's axes, per --up
+UP_ROTATION = {
+    "y": ((1.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0)),  # +90° about x: up is −y
+    "z": ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)),
+}
+_UP_PLACEMENT = {"y": Placement.from_euler_degrees(90.0, 0.0, 0.0), "z": Placement()}
+MANIFEST = "frames.json"
+MANIFEST_VERSION = 1
 
 
-def export_ply_frames(
-    asset: Asset, out_dir: str | os.PathLike, times, prefix: str = "frame_"
-) -> list[Path]:
-    """One Inria-format PLY per time, with the Gaussians moved to their world positions at
-    that time: ``out_dir/frame_0000.ply``, ... Isotropic assets stay isotropic (the same
-    log-scale three times, identity rotation); anisotropic Gaussians keep their rotations
-    (composed with the placement). Returns the paths in time order."""
+def oriented(asset: Asset, up: str) -> Asset:
+    """The asset with every object turned from ayg's z-up world into the ``up`` convention
+    (``UP_ROTATION``): the turn is composed into each placement, so positions, Gaussian
+    rotations and SH coefficients all follow it. ``up="z"`` returns the asset itself."""
+    if up not in UP_AXES:
+        raise ExportError(f"up must be one of {', '.join(UP_AXES)}, got {up!r}")
+    if up == "z":
+        return asset
+    turn = _UP_PLACEMENT[up]
+    objects = [
+        AssetObject(o.cloud, o.motion, turn.compose(o.placement), o.name) for o in asset.objects
+    ]
+    return Asset(objects, dict(asset.header))
+
+
+def splat_arrays(cloud: GaussianCloud) -> dict[str, np.ndarray]:
+    """The Inria parameters of a cloud as float32 arrays: means (N, 3), log_scales (N, 3),
+    quats (N, 4) unit wxyz, opacity_logits (N,), sh0 (N, 3), shN (N, K−1, 3)."""
+
+    def cpu(t: Tensor) -> np.ndarray:
+        return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
+
+    n = cloud.num
+    return {
+        "means": cpu(cloud.means),
+        "log_scales": cpu(cloud.log_scales.expand(n, 3)),
+        "quats": cpu(cloud.rotations),
+        "opacity_logits": cpu(cloud.opacity_logits),
+        "sh0": cpu(cloud.sh_dc),
+        "shN": cpu(cloud.sh_rest),
+    }
+
+
+def _import(module: str, extra: str = "export"):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        name = module.split(".")[0]
+        raise ExportError(f'this format needs {name}: pip install "ayg[{extra}]"') from None
+
+
+def _write_frame(cloud: GaussianCloud, path: Path, fmt: str) -> None:
+    if fmt == "ply-frames":
+        save_ply(cloud, path)  # atomic
+        return
+    a = splat_arrays(cloud)
+    if fmt == "splat":
+        export_splats = _import("gsplat.exporter").export_splats
+        data = export_splats(
+            torch.from_numpy(a["means"]),
+            torch.from_numpy(a["log_scales"]),
+            torch.from_numpy(a["quats"]),
+            torch.from_numpy(a["opacity_logits"]),
+            torch.from_numpy(a["sh0"])[:, None],  # (N, 1, 3)
+            torch.from_numpy(a["shN"]),
+            format="splat",
+        )
+        write_bytes(path, data)
+        return
+    gsply = _import("gsply")
+    data = gsply.GSData(
+        means=a["means"],
+        scales=a["log_scales"],
+        quats=a["quats"],
+        opacities=a["opacity_logits"],
+        sh0=a["sh0"],
+        shN=a["shN"] if a["shN"].shape[1] else None,
+    )
+    if fmt == "ply-compressed":
+        write_bytes(path, gsply.compress_to_bytes(data))
+    else:  # spz
+        with atomic_path(path) as tmp:
+            gsply.write_spz(tmp, data)
+
+
+def export_frames(
+    asset: Asset,
+    out_dir: str | os.PathLike,
+    times,
+    fmt: str = "ply-frames",
+    up: str = "y",
+    fps: float = 12.0,
+    prefix: str = "frame_",
+) -> dict:
+    """One file per time in ``fmt`` (one of ``FRAME_FORMATS``), the Gaussians moved to their
+    world positions at that time and turned to the ``up`` convention, and ``frames.json``
+    beside them. ``fps`` is the rate the sequence is meant to play at. Returns the manifest:
+
+        format, version      the frame format and the manifest version (1)
+        files                frame file names in time order, relative to the folder
+        times                the asset's global time of each frame
+        fps, duration        playback rate and the asset's duration (global time units)
+        num_gaussians        Gaussians per frame (every format keeps all of them)
+        keeps_order          whether Gaussian i of every file is Gaussian i of the asset
+        coordinates          up ("y" | "z"), up_vector in the file, handedness ("right"),
+                             from_ayg_world: (3, 3) rotation applied to ayg's z-up world
+        objects              per object: name, first, count (its Gaussians in the asset's
+                             order), placement (as in the .ayg header, in ayg's world)
+        bytes, bytes_per_second   total size of the frames and per second of playback
+    """
+    if fmt not in FRAME_FORMATS:
+        raise ExportError(f"format must be one of {', '.join(FRAME_FORMATS)}, got {fmt!r}")
     t = _times(times)
+    if isinstance(fps, bool) or not (
+        isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0
+    ):
+        raise ExportError(f"fps must be a positive number, got {fps!r}")
+    turned = oriented(asset, up)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    files = []
     with torch.no_grad():
         for i, g in enumerate(t.tolist()):
-            cloud = asset.cloud_at(g)
-            path = out_dir / f"{prefix}{i:04d}.ply"
-            save_ply(cloud, path)  # atomic (temp file, then rename)
-            paths.append(path)
-    return paths
+            path = out_dir / f"{prefix}{i:04d}{FRAME_SUFFIX[fmt]}"
+            _write_frame(turned.cloud_at(g), path, fmt)
+            files.append(path.name)
+    total = sum((out_dir / f).stat().st_size for f in files)
+    objects, first = [], 0
+    for o in asset.objects:
+        objects.append(
+            {
+                "name": o.name,
+                "first": first,
+                "count": o.num_gaussians,
+                "placement": o.placement.to_dict(),
+            }
+        )
+        first += o.num_gaussians
+    seconds = len(files) / float(fps)
+    manifest = {
+        "format": fmt,
+        "version": MANIFEST_VERSION,
+        "files": files,
+        "times": [float(g) for g in t.tolist()],
+        "fps": float(fps),
+        "duration": float(asset.duration),
+        "num_gaussians": asset.num_gaussians,
+        "keeps_order": KEEPS_ORDER[fmt],
+        "coordinates": {
+            "up": up,
+            "up_vector": [0.0, -1.0, 0.0] if up == "y" else [0.0, 0.0, 1.0],
+            "handedness": "right",
+            "from_ayg_world": [list(r) for r in UP_ROTATION[up]],
+        },
+        "objects": objects,
+        "bytes": total,
+        "bytes_per_second": total / seconds,
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def export_ply_frames(
+    asset: Asset, out_dir: str | os.PathLike, times, prefix: str = "frame_", up: str = "z"
+) -> list[Path]:
+    """One Inria-format PLY per time, with the Gaussians moved to their world positions at
+    that time: ``out_dir/frame_0000.ply``, ... (and ``frames.json``). Isotropic assets stay
+    isotropic (the same log-scale three times, identity rotation); anisotropic Gaussians keep
+    their rotations (composed with the placement). Returns the paths in time order."""
+    manifest = export_frames(asset, out_dir, times, "ply-frames", up=up, prefix=prefix)
+    return [Path(out_dir) / f for f in manifest["files"]]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,7 +458,8 @@ def export_video(
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
-    """(F, H, W, 3) uint8 -> H.264 mp4 at ``fps``, written atomically."""
+    """(F, H, W, 3) uint8 -> H.264 mp4 at ``fps``, written atomically, with the index (moov)
+    at the front (``+faststart``)."""
     import imageio.v2 as imageio
 
     path = Path(path)
@@ -290,6 +467,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
         writer = imageio.get_writer(
             tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
             pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+            output_params=["-movflags", "+faststart"],  # moov before mdat: plays while loading
         )  # fmt: skip
         try:
             for frame in frames:
@@ -363,14 +541,18 @@ def export_turntable(
 
 
 __all__ = [
+    "FRAME_FORMATS",
     "ExportError",
     "compute_tracks",
+    "export_frames",
     "export_ply_frames",
     "export_tracks",
     "export_turntable",
     "export_video",
+    "oriented",
     "project",
     "save_png",
+    "splat_arrays",
     "to_uint8",
     "turntable_grid",
     "write_mp4",

@@ -101,6 +101,17 @@ def _finish(asset: Asset, out: Path, cfg: RunConfig, ctx: RunContext) -> Asset:
             height=o.preview_height,
             backend=ctx.backend,
         )
+        # what the preview is, beside the config that made it: its length and frame rate
+        record = json.loads((out / "config.json").read_text())
+        record["preview"] = {
+            "file": "preview.mp4",
+            "frames": o.preview_frames,
+            "fps": o.preview_fps,
+            "seconds": o.preview_frames / o.preview_fps,
+            "width": o.preview_width,
+            "height": o.preview_height,
+        }
+        atomic_write_text(out / "config.json", json.dumps(record, indent=2, sort_keys=True))
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         ckpt.unlink()
