@@ -381,7 +381,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+VIEWER_INSTALL = 'pip install "ayg[viewer]"'
+
+
 def cmd_view(args) -> int:
+    try:
+        import viser  # noqa: F401 - the optional viewer package, checked before any work
+    except ImportError:
+        raise ValueError(f"ayg view needs viser: {VIEWER_INSTALL}") from None
     from ayg.pipeline import load_cloud_or_asset
     from ayg.viewer import view
 
