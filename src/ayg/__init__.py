@@ -34,14 +34,14 @@ def load(path: str):
     return load_cloud_or_asset(path)
 
 
-def render(asset, cameras, times, background=None, backend: str = "auto"):
-    """Render ``asset`` from ``cameras`` (C cameras), camera i at global time ``times[i]``."""
-    import torch
+def __getattr__(name: str):
+    # ``ayg.render`` is the callable module ayg/render.py (see its ``_CallableModule``),
+    # imported on first use so that ``import ayg`` stays light
+    if name == "render":
+        import importlib
 
-    times = torch.as_tensor(times, dtype=torch.float32, device=cameras.device).reshape(-1)
-    if times.numel() == 1 and len(cameras) > 1:
-        times = times.expand(len(cameras))
-    return asset.render(cameras, times, background=background, backend=backend)
+        return importlib.import_module("ayg.render")
+    raise AttributeError(f"module 'ayg' has no attribute {name!r}")
 
 
 __all__ = ["generate", "load", "render", "__version__"]

@@ -13,7 +13,8 @@ ends. A static object (no motion) has duration 1, like a single segment that doe
 The asset's duration is ``max_o (time_offset + duration)``.
 
 File layout (readable without ayg: ``safetensors.torch.load_file(path)`` gives the tensors and
-``json.loads(safe_open(path, "pt").metadata()["ayg"])`` the header). All tensors are float32:
+``json.loads(safe_open(path, "pt").metadata()["ayg"])`` the header). All tensors are float32
+(a reader converts float16, bfloat16 and float64 to float32, and refuses NaN or Inf):
 
     objects.{i}.gaussians.means           (N, 3)      canonical (τ = 0) centres, object space
     objects.{i}.gaussians.log_scales      (N, 1)      isotropic, or (N, 3) anisotropic; log σ
@@ -673,6 +674,15 @@ def read_ayg(path: Path) -> tuple[dict, dict[str, Tensor]]:
     except Exception as e:  # safetensors raises its own error type (and OSError)
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise AssetError(f"{path}: not a safetensors file ({first})") from None
+    for key, t in tensors.items():
+        if not t.is_floating_point():
+            raise AssetError(f"{path}: tensor '{key}' holds {t.dtype}, not floating-point numbers")
+        if t.dtype != torch.float32:  # float16 / bfloat16 / float64 writers: compute in float32
+            tensors[key] = t = t.to(torch.float32)
+        if not torch.isfinite(t).all():
+            raise AssetError(
+                f"{path}: tensor '{key}' holds NaN or infinite values; the asset is damaged"
+            )
     if HEADER_KEY not in metadata:
         raise AssetError(
             f"{path}: a safetensors file without an '{HEADER_KEY}' header, not an ayg asset"

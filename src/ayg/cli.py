@@ -5,16 +5,49 @@ viewer and evaluate. Every error a user can cause ends in one line on stderr and
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
 
-from ayg.config import PRESETS
+from ayg import __version__
+from ayg.config import MAX_RENDER_SIDE, PRESETS
+
+MAX_FRAMES = 10_000  # frames of one video or export
+MAX_VIEWS = 64  # cameras of one tracks export
+# a video's frames are rendered and held in memory before encoding: frames × width × height at
+# most this (4 bytes per channel while rendered: about 6 GB)
+MAX_VIDEO_PIXELS = 2**29
+
+# file-system errors a user causes (a missing input, a read-only or full disk, a path under a
+# regular file ...): one line naming the path. Any other OSError is a bug and keeps its traceback.
+USER_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENOENT", "EEXIST", "ENOTDIR", "EISDIR", "EACCES", "EPERM", "EROFS", "ENOSPC",
+        "EDQUOT", "ENAMETOOLONG", "EFBIG", "ELOOP", "EMLINK", "ETXTBSY", "EBUSY",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+# library exceptions whose message is already one line for the user (matched by name: their
+# modules are imported only by the commands that need them)
+USER_ERROR_TYPES = ("TeacherNotAvailable", "ViewerError")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (argparse prints the usage block first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"ayg: error: {message} (see '{self.prog} --help')\n")
 
 
 def _config(args: argparse.Namespace):
-    from ayg.config import apply_overrides, preset
+    """The resolved config of a command: preset, then the flags and ``--set`` overrides in the
+    order given, validated as a whole (one rule for ``--steps-3d 0`` and ``--set
+    stage1.steps=0``)."""
+    from ayg.config import apply_overrides, preset, validate
 
     cfg = preset(args.preset)
     overrides = list(args.set or [])
@@ -22,18 +55,73 @@ def _config(args: argparse.Namespace):
         overrides.append(f"stage1.steps={args.steps_3d}")
     if getattr(args, "steps_4d", None) is not None:
         overrides.append(f"stage2.steps={args.steps_4d}")
-    if args.seed is not None:
+    if getattr(args, "seed", None) is not None:
         overrides.append(f"seed={args.seed}")
-    if args.device is not None:
-        overrides.append(f'device="{args.device}"')
-    for name in ("steps_3d", "steps_4d"):
-        v = getattr(args, name, None)
-        if v is not None and v <= 0:
-            raise ValueError(
-                f"--{name.replace('_', '-')} must be a positive number of steps, got {v}"
-            )
+    if getattr(args, "device", None) is not None:
+        overrides.append(f"device={json.dumps(args.device)}")
     cfg = apply_overrides(cfg, overrides)
+    validate(cfg)
     return cfg
+
+
+def _out_file(path: str, flag: str = "--out") -> Path:
+    """An output file path that can be written: not a directory, no regular file among its
+    parents (checked before any work, so that a render is not thrown away at the end)."""
+    out = Path(path)
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{flag} '{out}': '{blocker}' is a file, not a directory")
+    if out.is_dir():
+        raise ValueError(f"{flag} '{out}' is a directory; give a file name")
+    return out
+
+
+def _out_dir(path: str, flag: str = "--out") -> Path:
+    out = Path(path)
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ValueError(f"{flag} '{out}': '{blocker}' is a file, not a directory")
+    return out
+
+
+def _check_int(value: int, flag: str, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{flag} must be an integer from {low} to {high}, got {value}")
+
+
+def _check_float(value: float, flag: str, low: float | None = None, high: float | None = None):
+    """A finite number in the open interval (low, high) where given."""
+    ok = math.isfinite(value) and (low is None or value > low) and (high is None or value < high)
+    if not ok:
+        bounds = (
+            f" in ({low:g}, {high:g})"
+            if low is not None and high is not None
+            else f" > {low:g}"
+            if low is not None
+            else ""
+        )
+        raise ValueError(f"{flag} must be a finite number{bounds}, got {value}")
+
+
+def _check_size(args) -> None:
+    _check_int(args.width, "--width", 1, MAX_RENDER_SIDE)
+    _check_int(args.height, "--height", 1, MAX_RENDER_SIDE)
+
+
+def _check_video(args) -> None:
+    _check_size(args)
+    _check_int(args.frames, "--frames", 1, MAX_FRAMES)
+    _check_int(args.fps, "--fps", 1, 240)
+    if args.width % 2 or args.height % 2:
+        raise ValueError(
+            f"an mp4 needs an even --width and --height, got {args.width}x{args.height}"
+        )
+    pixels = args.frames * args.width * args.height
+    if pixels > MAX_VIDEO_PIXELS:
+        raise ValueError(
+            f"{args.frames} frames of {args.width}x{args.height} are {pixels:,} pixels; a video "
+            f"holds at most {MAX_VIDEO_PIXELS:,} (lower --frames, --width or --height)"
+        )
 
 
 def _add_run_options(p: argparse.ArgumentParser, steps: bool = True) -> None:
@@ -56,18 +144,32 @@ def _add_run_options(p: argparse.ArgumentParser, steps: bool = True) -> None:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override any config field, e.g. --set stage2.omega_ma=12 (repeatable)",
+        help="override any config field, e.g. --set stage2.omega_ma=12 (repeatable); "
+        "'ayg config --preset NAME' prints every field",
     )
+
+
+def _finished_note(args) -> bool:
+    from ayg.pipeline import is_finished
+
+    return bool(args.resume) and is_finished(args.out)
+
+
+def _report(args, done_before: bool, preview: bool = False) -> None:
+    out = Path(args.out)
+    if done_before:
+        print(f"'{out}' is a finished run; nothing to resume ({out / 'asset.ayg'})")
+    else:
+        print(f"wrote {out / 'asset.ayg'}" + (f" and {out / 'preview.mp4'}" if preview else ""))
 
 
 def cmd_generate(args) -> int:
     from ayg.pipeline import generate
 
     cfg = _config(args)
+    done_before = _finished_note(args)
     generate(args.prompt, args.out, cfg, resume=args.resume, progress=not args.no_progress)
-    out = Path(args.out)
-    preview = f" and {out / 'preview.mp4'}" if cfg.output.preview else ""
-    print(f"wrote {out / 'asset.ayg'}{preview}")
+    _report(args, done_before, preview=cfg.output.preview)
     return 0
 
 
@@ -75,8 +177,9 @@ def cmd_animate(args) -> int:
     from ayg.pipeline import animate
 
     cfg = _config(args)
+    done_before = _finished_note(args)
     animate(args.ply, args.prompt, args.out, cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"wrote {Path(args.out) / 'asset.ayg'}")
+    _report(args, done_before)
     return 0
 
 
@@ -84,6 +187,7 @@ def cmd_extend(args) -> int:
     from ayg.pipeline import extend
 
     cfg = _config(args)
+    done_before = _finished_note(args)
     extend(
         args.asset,
         args.prompt,
@@ -93,17 +197,20 @@ def cmd_extend(args) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
-    print(f"wrote {Path(args.out) / 'asset.ayg'}")
+    _report(args, done_before)
+    return 0
+
+
+def cmd_config(args) -> int:
+    print(_config(args).to_json())
     return 0
 
 
 def cmd_compose(args) -> int:
     from ayg.scene import compose
 
+    out = _out_file(args.out)
     asset = compose(args.spec)
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out '{out}' is a directory; give a file name ending in .ayg")
     asset.save(out)
     print(f"wrote {out} ({len(asset.objects)} objects, {asset.num_gaussians} Gaussians)")
     return 0
@@ -123,15 +230,21 @@ def cmd_render(args) -> int:
     from ayg.export import export_video, save_png
     from ayg.pipeline import load_cloud_or_asset, resolve_device
 
-    if args.width <= 0 or args.height <= 0:
-        raise ValueError(f"--width and --height must be positive, got {args.width}x{args.height}")
-    if args.time is not None and args.time < 0:
-        raise ValueError(f"--time must be >= 0, got {args.time}")
-    out = Path(args.out)
+    out = _out_file(args.out)
     if out.suffix.lower() not in (".png", ".mp4"):
         raise ValueError(
             f"--out must end in .png (an image) or .mp4 (an orbit video), got '{out.name}'"
         )
+    if out.suffix.lower() == ".mp4":
+        _check_video(args)
+    else:
+        _check_size(args)
+    _check_float(args.elevation, "--elevation", -90.0001, 90.0001)
+    _check_float(args.azimuth, "--azimuth")
+    _check_float(args.distance, "--distance", 0.0)
+    _check_float(args.fov, "--fov", 0.0, 180.0)
+    if args.time is not None and not (math.isfinite(args.time) and args.time >= 0):
+        raise ValueError(f"--time must be a finite number >= 0, got {args.time}")
     asset = load_cloud_or_asset(args.path)
     device = resolve_device(args.device or "auto")
     bg = torch.ones(3) if args.background == "white" else torch.zeros(3)
@@ -167,6 +280,61 @@ def cmd_render(args) -> int:
     return 0
 
 
+def _parse_times(text: str) -> list[float]:
+    try:
+        times = [float(t) for t in text.split(",")]
+    except ValueError:
+        times = []
+    if not times or not all(math.isfinite(t) and t >= 0 for t in times):
+        raise ValueError(
+            f"--times must be comma-separated numbers >= 0, e.g. 0,0.5,1, got {text!r}"
+        )
+    if len(times) > MAX_FRAMES:
+        raise ValueError(f"--times gives {len(times)} times; at most {MAX_FRAMES}")
+    return times
+
+
+CAMERA_KEYS = {"elevation": 15.0, "azimuth": 0.0, "distance": 3.0, "fov": 40.0}
+
+
+def _read_cameras(path: str) -> list[dict[str, float]]:
+    """The ``--cameras`` file: a JSON list of {elevation, azimuth, distance, fov} objects
+    (degrees; missing keys take the defaults)."""
+    where = f"--cameras {path}"
+    try:
+        spec = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{where}: not a JSON text file") from None
+    example = '[{"elevation": 15, "azimuth": 0, "distance": 3, "fov": 40}, ...]'
+    if not isinstance(spec, list) or not spec:
+        raise ValueError(f"{where}: must be a non-empty JSON list of cameras, e.g. {example}")
+    if len(spec) > MAX_VIEWS:
+        raise ValueError(f"{where}: {len(spec)} cameras; at most {MAX_VIEWS}")
+    cams = []
+    for i, c in enumerate(spec):
+        if not isinstance(c, dict):
+            raise ValueError(f"{where}: camera [{i}] must be a JSON object, e.g. {example}")
+        unknown = sorted(set(c) - set(CAMERA_KEYS))
+        if unknown:
+            raise ValueError(
+                f"{where}: camera [{i}] has unknown keys {unknown}; allowed: {list(CAMERA_KEYS)}"
+            )
+        cam = {**CAMERA_KEYS, **c}
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in cam.values()
+        ):
+            raise ValueError(f"{where}: camera [{i}] values must be finite numbers, got {c}")
+        if cam["distance"] <= 0 or not 0 < cam["fov"] < 180:
+            raise ValueError(
+                f"{where}: camera [{i}] needs distance > 0 and fov in (0, 180), got {c}"
+            )
+        cams.append(cam)
+    return cams
+
+
 def cmd_export(args) -> int:
     import numpy as np
 
@@ -174,15 +342,19 @@ def cmd_export(args) -> int:
     from ayg.export import FRAME_FORMATS, export_frames, export_tracks, export_video
     from ayg.pipeline import load_cloud_or_asset
 
+    folder = args.format in FRAME_FORMATS or args.format == "web"
+    out = _out_dir(args.out) if folder else _out_file(args.out)
+    if args.format == "video":
+        _check_video(args)
+    else:
+        _check_size(args)
+        _check_int(args.frames, "--frames", 1, MAX_FRAMES)
+    _check_int(args.views, "--views", 0, MAX_VIEWS)
+    times = _parse_times(args.times) if args.times else None
+    spec = _read_cameras(args.cameras) if args.format == "tracks" and args.cameras else None
     asset = load_cloud_or_asset(args.asset)
-    if args.frames <= 0:
-        raise ValueError(f"--frames must be > 0, got {args.frames}")
-    times = (
-        [float(t) for t in args.times.split(",")]
-        if args.times
-        else list(np.linspace(0.0, asset.duration, args.frames))
-    )
-    out = Path(args.out)
+    if times is None:
+        times = list(np.linspace(0.0, asset.duration, args.frames))
     if args.format in FRAME_FORMATS:
         m = export_frames(asset, out, times, args.format, up=args.up, fps=args.fps)
         print(
@@ -200,13 +372,12 @@ def cmd_export(args) -> int:
             f"per second, {w['frames']} frames at {args.fps:g} fps); open it in a browser, no server needed"
         )
     elif args.format == "tracks":
-        if args.cameras:
-            spec = json.loads(Path(args.cameras).read_text())
+        if spec is not None:
             cams = look_at_cameras(
-                [c.get("elevation", 15.0) for c in spec],
-                [c.get("azimuth", 0.0) for c in spec],
-                [c.get("distance", 3.0) for c in spec],
-                [c.get("fov", 40.0) for c in spec],
+                [c["elevation"] for c in spec],
+                [c["azimuth"] for c in spec],
+                [c["distance"] for c in spec],
+                [c["fov"] for c in spec],
                 args.width,
                 args.height,
             )
@@ -224,7 +395,14 @@ def cmd_export(args) -> int:
     return 0
 
 
+VIEWER_INSTALL = 'pip install "ayg[viewer]"'
+
+
 def cmd_view(args) -> int:
+    try:
+        import viser  # noqa: F401 - the optional viewer package, checked before any work
+    except ImportError:
+        raise ValueError(f"ayg view needs viser: {VIEWER_INSTALL}") from None
     from ayg.pipeline import load_cloud_or_asset
     from ayg.viewer import check_address, view
 
@@ -294,9 +472,12 @@ def cmd_eval(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ayg", description="Align Your Gaussians: text to animated 3D Gaussians"
+    parser = _Parser(
+        prog="ayg",
+        description="Align Your Gaussians: text to animated 3D Gaussians",
+        epilog="Every config field (--set KEY=VALUE): ayg config --preset NAME.",
     )
+    parser.add_argument("--version", action="version", version=f"ayg {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -317,6 +498,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loop", action="store_true", help="end on the first pose")
     _add_run_options(p, steps=False)
     p.set_defaults(func=cmd_extend)
+
+    p = sub.add_parser(
+        "config",
+        help="print a preset's resolved config (with --set applied): every field --set takes",
+    )
+    p.add_argument(
+        "--preset", default="paper", help=f"one of {', '.join(PRESETS)} (default: paper)"
+    )
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a field (repeatable)"
+    )
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("compose", help="place several assets into one scene asset")
     p.add_argument(
@@ -410,7 +603,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_view)
 
-    p = sub.add_parser("eval", help="metrics of DESIGN §8 for one or more assets")
+    p = sub.add_parser(
+        "eval",
+        help="appearance / motion accuracy, motion amount, drift and view consistency of assets",
+    )
     p.add_argument("assets", nargs="+")
     p.add_argument(
         "--prompt", action="append", default=None, help="prompt per asset (default: from the asset)"
@@ -431,6 +627,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_message(e: OSError) -> str:
+    from ayg.io_utils import WriteError
+
+    if isinstance(e, WriteError) or not e.filename:
+        return str(e)
+    names = f"'{e.filename}'" + (f" -> '{e.filename2}'" if e.filename2 else "")
+    return f"{names}: {e.strerror}"
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     # library deprecation chatter (huggingface_hub, diffusers) is not the user's business
     warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
@@ -442,20 +652,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ayg: interrupted; run the same command with --resume to continue", file=sys.stderr)
         return 130
-    except (
-        ValueError,
-        FileNotFoundError,
-        IsADirectoryError,
-        NotADirectoryError,
-        PermissionError,
-        ImportError,
-    ) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"ayg: error: {msg}", file=sys.stderr)
+    except (ValueError, ImportError) as e:
+        print(f"ayg: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        from ayg.io_utils import WriteError
+
+        if not isinstance(e, WriteError) and e.errno not in USER_ERRNOS:
+            raise
+        print(f"ayg: error: {_one_line(_os_message(e))}", file=sys.stderr)
         return 2
     except Exception as e:  # teacher-not-available and other library errors with a message
-        if type(e).__name__ in ("TeacherNotAvailable",):
-            print(f"ayg: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        if type(e).__name__ in USER_ERROR_TYPES:
+            print(f"ayg: error: {_one_line(e)}", file=sys.stderr)
             return 2
         raise
 

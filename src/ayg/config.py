@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +53,11 @@ class TeacherConfig:
     dtype: str = "bfloat16"  # on CUDA; CPU always float32
     offload_idle: bool = False
     local_files_only: bool = False
+    cache_dir: str | None = None  # Hugging Face cache folder (None: HF_HUB_CACHE or its default)
+    # a branch, tag or commit hash of each model repository (None: its main branch)
+    image_revision: str | None = None
+    multiview_revision: str | None = None
+    video_revision: str | None = None
     grad_frames: int | None = None  # backprop through the video encoder for only k frames
 
 
@@ -162,6 +170,7 @@ class OutputConfig:
     preview_height: int = 256
     checkpoint_every: int = 500
     log_every: int = 10
+    tensorboard: bool = False  # also write TensorBoard events (pip install "ayg[tensorboard]")
 
 
 @dataclass
@@ -191,6 +200,7 @@ class RunConfig:
 
 def _update(obj: Any, d: dict[str, Any], path: str) -> None:
     names = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
     for key, value in d.items():
         if key not in names:
             raise ValueError(
@@ -202,39 +212,74 @@ def _update(obj: Any, d: dict[str, Any], path: str) -> None:
                 raise ValueError(f"config field '{path}{key}' is a section; give a mapping")
             _update(current, value, f"{path}{key}.")
         else:
-            setattr(obj, key, _coerce(value, current, f"{path}{key}"))
+            setattr(obj, key, _coerce(value, hints[key], f"{path}{key}"))
 
 
-def _coerce(value: Any, current: Any, name: str) -> Any:
-    """Convert ``value`` to the type of the field's current value (JSON lists → tuples)."""
-    if isinstance(current, bool):
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert ``value`` to the field's declared type ``hint`` (JSON lists → tuples); the
+    values themselves are checked by ``validate``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # optional fields: "X | None"
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if hint is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise ValueError(f"config field '{name}' takes true/false, got {value!r}")
-    if isinstance(current, int) and not isinstance(current, bool):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+    if hint is int:
+        if not _is_number(value) or not math.isfinite(value) or int(value) != value:
             raise ValueError(f"config field '{name}' takes an integer, got {value!r}")
         return int(value)
-    if isinstance(current, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if hint is float:
+        if not _is_number(value):
             raise ValueError(f"config field '{name}' takes a number, got {value!r}")
         return float(value)
-    if isinstance(current, tuple):
-        if not isinstance(value, (list, tuple)) or len(value) == 0:
-            raise ValueError(
-                f"config field '{name}' takes a list, e.g. [0.02, 0.98], got {value!r}"
-            )
-        return tuple(value)
-    if isinstance(current, str):
+    if hint is str:
         if not isinstance(value, str):
             raise ValueError(f"config field '{name}' takes a string, got {value!r}")
         return value
-    # fields whose default is None (optional ints)
-    if value is None or isinstance(value, (int, float, str)):
-        return value
-    raise ValueError(f"config field '{name}' cannot take {value!r}")
+    if origin is tuple:
+        if args[-1] is Ellipsis:  # tuple[int, ...]: any length >= 1
+            kinds, example = (
+                [args[0]] * (len(value) if isinstance(value, (list, tuple)) else 0),
+                "[4, 8, 12]",
+            )
+            ok = isinstance(value, (list, tuple)) and len(value) >= 1
+        else:  # tuple[float, float]: a (low, high) range
+            kinds, example = list(args), "[0.02, 0.98]"
+            ok = isinstance(value, (list, tuple)) and len(value) == len(args)
+        if ok:
+            try:
+                return tuple(_coerce(v, k, name) for v, k in zip(value, kinds, strict=True))
+            except ValueError:
+                pass
+        what = "integers" if args[0] is int else "numbers"
+        count = "one or more" if args[-1] is Ellipsis else str(len(args))
+        raise ValueError(
+            f"config field '{name}' takes a list of {count} {what}, e.g. {example}, got {value!r}"
+        )
+    raise ValueError(f"config field '{name}' cannot take {value!r}")  # pragma: no cover
+
+
+def _is_text_field(cfg: Any, parts: list[str]) -> bool:
+    """Whether ``a.b.c`` names a field declared ``str`` (or ``str | None``)."""
+    obj = cfg
+    for p in parts[:-1]:
+        obj = getattr(obj, p, None)
+        if not dataclasses.is_dataclass(obj):
+            return False
+    hint = typing.get_type_hints(type(obj)).get(parts[-1])
+    return hint is str or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and str in typing.get_args(hint)
+    )
 
 
 def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
@@ -249,6 +294,8 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        if _is_text_field(cfg, key.strip().split(".")) and not isinstance(value, str | None):
+            value = raw  # a revision "1234" or a tag "1.0" stays the text the user typed
         nested: dict[str, Any] = {}
         cursor = nested
         parts = key.strip().split(".")
@@ -371,26 +418,201 @@ def preset(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
+# Upper bounds of the checks below: far above any sensible run, low enough that a typo cannot
+# ask for days of training or for buffers larger than the machine.
+MAX_STEPS = 1_000_000
+MAX_RENDER_SIDE = 4096  # pixels per image side, for training renders and outputs alike
+MAX_GAUSSIANS = 50_000_000
+MAX_SEED = 2**63 - 1
+DTYPES = ("float32", "float16", "bfloat16")
+
+# command-line flags that set a config field, named in the messages of ``validate``
+FLAGS = {
+    "stage1.steps": "--steps-3d",
+    "stage2.steps": "--steps-4d",
+    "seed": "--seed",
+    "device": "--device",
+}
+
+
+def _field(name: str) -> str:
+    flag = FLAGS.get(name)
+    return f"config field '{name}'" + (f" ({flag})" if flag else "")
+
+
+def _check_int(name: str, value: int | None, low: int, high: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{_field(name)} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _check_number(
+    name: str,
+    value: float,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    ok = _is_number(value) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        if low == -math.inf and high == math.inf:
+            allowed = "a finite number"
+        elif high == math.inf:
+            allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+        elif low == -math.inf:
+            allowed = f"a finite number {'<' if high_open else '<='} {high:g}"
+        else:
+            lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+            allowed = f"a number in {lo}{low:g}, {high:g}{hi}"
+        raise ValueError(f"{_field(name)} must be {allowed}, got {value!r}")
+
+
+def _check_range(name: str, value: tuple, low: float, high: float, low_open: bool = False) -> None:
+    """A (low, high) pair of finite numbers inside [low, high] with value[0] <= value[1]."""
+    lo, hi = ("(" if low_open else "["), "]"
+    if (
+        not isinstance(value, tuple)
+        or len(value) != 2
+        or not all(_is_number(v) and math.isfinite(v) for v in value)
+    ):
+        raise ValueError(f"{_field(name)} must be two finite numbers [low, high], got {value!r}")
+    a, b = value
+    inside = all((v > low if low_open else v >= low) and v <= high for v in value)
+    if not inside or a > b:
+        raise ValueError(
+            f"{_field(name)} must be [low, high] with low <= high, both in {lo}{low:g}, {high:g}{hi}, "
+            f"got {list(value)}"
+        )
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{_field(name)} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _check_size(name: str, width: int, height: int) -> None:
+    _check_int(f"{name}width", width, 1, MAX_RENDER_SIDE)
+    _check_int(f"{name}height", height, 1, MAX_RENDER_SIDE)
+
+
 def validate(cfg: RunConfig) -> None:
-    """Boundary checks that give one clear line each."""
-    for stage, name in ((cfg.stage1, "stage1"), (cfg.stage2, "stage2")):
-        if stage.steps < 0:
-            raise ValueError(f"{name}.steps must be >= 0, got {stage.steps}")
-        if stage.batch <= 0:
-            raise ValueError(f"{name}.batch must be > 0, got {stage.batch}")
-        if stage.width <= 0 or stage.height <= 0:
-            raise ValueError(
-                f"{name} render size must be positive, got {stage.width}x{stage.height}"
-            )
-        if stage.mode not in ("csd", "sds"):
-            raise ValueError(f"{name}.mode must be 'csd' or 'sds', got '{stage.mode}'")
-    if cfg.teachers.kind not in ("real", "toy", "random"):
-        raise ValueError(f"teachers.kind must be real, toy or random, got '{cfg.teachers.kind}'")
-    if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")
-    if cfg.backend not in ("auto", "torch", "gsplat"):
-        raise ValueError(f"backend must be auto, torch or gsplat, got '{cfg.backend}'")
-    if cfg.stage2.image_frames < 1 or cfg.stage2.image_frames > cfg.stage2.frames:
-        raise ValueError("stage2.image_frames must be between 1 and stage2.frames")
-    if cfg.output.checkpoint_every <= 0:
-        raise ValueError("output.checkpoint_every must be > 0")
+    """Every field of a resolved config against what it may hold (finite numbers, signs, ranges
+    with low <= high, step counts from 1 to MAX_STEPS, sizes up to MAX_RENDER_SIDE ...): run
+    before anything is written, so that a bad value costs one clear line and no half-made run."""
+    _check_int("seed", cfg.seed, 0, MAX_SEED)
+    if cfg.device not in ("auto", "cpu", "cuda") and not (
+        isinstance(cfg.device, str) and cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()
+    ):
+        raise ValueError(
+            f"{_field('device')} must be auto, cpu, cuda or cuda:N, got {cfg.device!r}"
+        )
+    _check_choice("backend", cfg.backend, ("auto", "torch", "gsplat"))
+
+    t = cfg.teachers
+    _check_choice("teachers.kind", t.kind, ("real", "toy", "random"))
+    _check_choice("teachers.dtype", t.dtype, DTYPES)
+    for name in ("image_model", "multiview_model", "video_model"):
+        if not getattr(t, name).strip():
+            raise ValueError(f"{_field('teachers.' + name)} must not be empty")
+    for name in ("cache_dir", "image_revision", "multiview_revision", "video_revision"):
+        value = getattr(t, name)
+        if value is not None and not value.strip():
+            raise ValueError(f"{_field('teachers.' + name)} must be a non-empty string or null")
+    _check_int("teachers.grad_frames", t.grad_frames, 1, cfg.stage2.frames, optional=True)
+
+    s1 = cfg.stage1
+    _check_int("stage1.steps", s1.steps, 1, MAX_STEPS)
+    _check_int("stage1.batch", s1.batch, 1, 1024)
+    _check_int("stage1.views", s1.views, 1, 64)
+    _check_size("stage1.", s1.width, s1.height)
+    _check_int("stage1.init_gaussians", s1.init_gaussians, 1, MAX_GAUSSIANS)
+    _check_int("stage1.max_gaussians", s1.max_gaussians, 1, MAX_GAUSSIANS)
+    _check_number("stage1.init_radius", s1.init_radius, 0.0, low_open=True)
+    _check_int("stage1.sh_degree", s1.sh_degree, 0, 3)
+    for name in ("lr_position", "lr_position_final", "lr_rgb", "lr_sh", "lr_opacity", "lr_scaling"):
+        _check_number(f"stage1.{name}", getattr(s1, name), 0.0)
+    _check_number("stage1.lr_scale", s1.lr_scale, 0.0, low_open=True)
+    _check_int("stage1.lr_position_decay_steps", s1.lr_position_decay_steps, 1, MAX_STEPS)
+    _check_int("stage1.densify_start", s1.densify_start, 0, MAX_STEPS)
+    _check_int("stage1.densify_every", s1.densify_every, 1, MAX_STEPS)
+    _check_int("stage1.densify_stop", s1.densify_stop, 0, MAX_STEPS, optional=True)
+    _check_number("stage1.densify_grad_threshold", s1.densify_grad_threshold, 0.0, low_open=True)
+    _check_number("stage1.prune_opacity", s1.prune_opacity, 0.0, 1.0, high_open=True)
+    _check_int("stage1.opacity_reset_every", s1.opacity_reset_every, 1, MAX_STEPS)
+    _check_number("stage1.opacity_reset_value", s1.opacity_reset_value, 0.0, 1.0, True, True)
+    for name in ("omega_3d", "omega_im", "omega_vg", "omega_neg", "sds_guidance"):
+        _check_number(f"stage1.{name}", getattr(s1, name), 0.0)
+    for name in ("t_image_start", "t_image_end", "t_multiview_start", "t_multiview_end"):
+        _check_range(f"stage1.{name}", getattr(s1, name), 0.0, 1.0, low_open=True)
+    _check_int("stage1.t_image_steps", s1.t_image_steps, 0, MAX_STEPS)
+    _check_int("stage1.t_multiview_steps", s1.t_multiview_steps, 0, MAX_STEPS)
+    _check_range("stage1.fov_range", s1.fov_range, 0.0, 179.0, low_open=True)
+    _check_range("stage1.elevation_range", s1.elevation_range, -90.0, 90.0)
+    _check_range("stage1.scale_range", s1.scale_range, 0.0, 100.0, low_open=True)
+    _check_choice("stage1.mode", s1.mode, ("csd", "sds"))
+    if not (s1.use_multiview or s1.use_image):
+        raise ValueError(
+            "config fields 'stage1.use_multiview' and 'stage1.use_image' are both false; "
+            "stage 1 needs at least one of its teachers"
+        )
+
+    s2 = cfg.stage2
+    _check_int("stage2.steps", s2.steps, 1, MAX_STEPS)
+    _check_int("stage2.batch", s2.batch, 1, 1024)
+    _check_int("stage2.frames", s2.frames, 2, 256)
+    _check_size("stage2.", s2.width, s2.height)
+    _check_number("stage2.lr", s2.lr, 0.0, low_open=True)
+    _check_int("stage2.hidden", s2.hidden, 1, 65_536)
+    _check_int("stage2.layers", s2.layers, 1, 64)
+    _check_int("stage2.frequencies", s2.frequencies, 0, 32)
+    _check_int("stage2.knn", s2.knn, 1, 1024)
+    for name in (
+        "lambda_rigidity", "lambda_jsd", "lambda_interp", "omega_ma", "omega_neg", "omega_vid",
+        "omega_im", "sds_guidance",
+    ):  # fmt: skip
+        _check_number(f"stage2.{name}", getattr(s2, name), 0.0)
+    _check_range("stage2.t_range", s2.t_range, 0.0, 1.0, low_open=True)
+    if not all(isinstance(f, int) and 3 <= f <= 1000 for f in s2.fps_values):
+        raise ValueError(
+            f"{_field('stage2.fps_values')} must be integers from 3 to 1000 (a clip spans 3/fps "
+            f"of the motion), got {list(s2.fps_values)}"
+        )
+    if len(s2.fps_probs) != len(s2.fps_values) or not all(
+        _is_number(p) and math.isfinite(p) and p >= 0 for p in s2.fps_probs
+    ):
+        raise ValueError(
+            f"{_field('stage2.fps_probs')} must be one number >= 0 per fps value "
+            f"({len(s2.fps_values)}), got {list(s2.fps_probs)}"
+        )
+    if not math.isclose(sum(s2.fps_probs), 1.0, abs_tol=1e-6):
+        raise ValueError(f"{_field('stage2.fps_probs')} must sum to 1, got {list(s2.fps_probs)}")
+    _check_range("stage2.fov_range", s2.fov_range, 0.0, 179.0, low_open=True)
+    _check_range("stage2.elevation_range", s2.elevation_range, -90.0, 90.0)
+    _check_range("stage2.distance_range", s2.distance_range, 0.0, 1000.0, low_open=True)
+    _check_range("stage2.elevation_offset_range", s2.elevation_offset_range, -180.0, 180.0)
+    _check_range("stage2.azimuth_offset_range", s2.azimuth_offset_range, -360.0, 360.0)
+    _check_int("stage2.image_frames", s2.image_frames, 1, s2.frames)
+    _check_choice("stage2.mode", s2.mode, ("csd", "sds"))
+
+    ft = cfg.finetune
+    _check_int("finetune.steps_3d", ft.steps_3d, 1, MAX_STEPS)
+    _check_int("finetune.steps_4d", ft.steps_4d, 1, MAX_STEPS)
+    _check_number("finetune.lr_scale", ft.lr_scale, 0.0, low_open=True)
+    _check_size("finetune.", ft.width, ft.height)
+    _check_int("finetune.max_gaussians", ft.max_gaussians, 1, MAX_GAUSSIANS)
+
+    o = cfg.output
+    _check_int("output.preview_frames", o.preview_frames, 1, 10_000)
+    _check_int("output.preview_fps", o.preview_fps, 1, 240)
+    _check_size("output.preview_", o.preview_width, o.preview_height)
+    if o.preview and (o.preview_width % 2 or o.preview_height % 2):
+        raise ValueError(
+            "config fields 'output.preview_width' and 'output.preview_height' must be even "
+            f"(an mp4 needs it), got {o.preview_width}x{o.preview_height}"
+        )
+    _check_int("output.checkpoint_every", o.checkpoint_every, 1, MAX_STEPS)
+    _check_int("output.log_every", o.log_every, 1, MAX_STEPS)

@@ -13,20 +13,69 @@ Three forms, for three kinds of writers:
   ``atomic_torch_save`` — one-shot helpers (``atomic_write_text`` etc. are aliases).
 
 Temporary files are named ``.<name>.tmp-<random><suffix>`` so that they are hidden and easy to
-recognise; they are removed on failure.
+recognise; they are removed on failure. A process killed outright (SIGKILL, power loss) cannot
+remove its own: ``remove_temp_files`` clears them from a run directory on its next start.
+
+A write that fails because of the file system (read-only, full, a path under a regular file,
+a directory in the way) raises ``WriteError``: an ``OSError`` whose message names the target
+the caller asked for, never the temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 TMP_MARKER = ".tmp-"
+
+
+class WriteError(OSError):
+    """An output could not be written; ``str()`` is one line naming the target path."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def write_error(path: Path, error: OSError) -> WriteError:
+    """A ``WriteError`` for ``path`` that says what stood in the way of ``error``."""
+    path = Path(path)
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        code, reason = errno.ENOTDIR, f"'{blocker}' is a file, not a directory"
+    elif path.is_dir():
+        code, reason = errno.EISDIR, "it is a directory; give a file name"
+    else:
+        code, reason = error.errno, error.strerror or str(error)
+    return WriteError(code, f"cannot write '{path}': {reason}")
+
+
+def _mentions(error: OSError, tmp: Path) -> bool:
+    return any(str(f) == str(tmp) for f in (error.filename, error.filename2)) or (
+        tmp.name in str(error)
+    )
+
+
+def remove_temp_files(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes of ``directory/NAME`` (for
+    each of ``names``) left behind; returns what was removed. Only for a directory that one
+    process writes at a time (a run directory): another writer's temporary file would go too."""
+    directory = Path(directory)
+    prefixes = tuple(f".{name}{TMP_MARKER}" for name in names)
+    removed: list[Path] = []
+    if not directory.is_dir() or not prefixes:
+        return removed
+    for p in directory.iterdir():
+        if p.name.startswith(prefixes) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -79,12 +128,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     raises, the temporary file is deleted and ``path`` is left as it was.
     """
     path = Path(path)
-    tmp = _make_temp(path)
+    try:
+        tmp = _make_temp(path)
+    except OSError as e:
+        raise write_error(path, e) from e
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"atomic write of {path}: nothing was written to {tmp}")
-        _commit(tmp, path)
+        try:
+            _commit(tmp, path)
+        except OSError as e:
+            raise write_error(path, e) from e
+    except WriteError:
+        _discard(tmp)
+        raise
+    except OSError as e:
+        _discard(tmp)
+        if _mentions(e, tmp):  # the writer failed on the temporary file: name the target
+            raise write_error(path, e) from e
+        raise
     except BaseException:
         _discard(tmp)
         raise

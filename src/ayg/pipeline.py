@@ -4,7 +4,13 @@ static PLY (stage 2 only), extend / loop an asset (sec. 3.4, 4).
 A run directory holds ``config.json`` (resolved), ``losses.jsonl``, ``checkpoint.pt`` while a
 phase is under way, ``stage1.ayg`` once the static stage is done, then ``asset.ayg`` and
 ``preview.mp4``. Every file is written atomically; ``resume=True`` skips finished phases and
-continues the current one from its checkpoint.
+continues the current one from its checkpoint (a phase without a checkpoint yet restarts from
+its first step; the hidden temporary files of a write that a kill cut short are removed). On a
+finished run (``asset.ayg`` present) it trains nothing and writes only outputs that are missing.
+
+Everything a job needs is checked before its directory is made: the whole config
+(``config.validate``), that the teachers can run here, the prompt, the output directory and, on
+resume, that the run was started by the same command, prompt and config.
 """
 
 from __future__ import annotations
@@ -20,20 +26,44 @@ from ayg.asset import Asset
 from ayg.config import RunConfig, validate
 from ayg.deformation import Motion
 from ayg.gaussians import GaussianCloud, load_ply
+from ayg.io_utils import remove_temp_files
 from ayg.io_utils import write_text as atomic_write_text
-from ayg.stages import LossLog, RunContext, StepCallback, new_segment, run_stage1, run_stage2
-from ayg.teachers import build_teachers, check_prompt
+from ayg.stages import (
+    TENSORBOARD_INSTALL,
+    LossLog,
+    RunContext,
+    StepCallback,
+    new_segment,
+    read_checkpoint,
+    run_stage1,
+    run_stage2,
+    stage1_terms,
+    stage2_samplers,
+    stage2_terms,
+)
+from ayg.teachers import build_teachers, check_prompt, check_teachers_runnable
 
 RUN_FILES = ("config.json", "checkpoint.pt", "stage1.ayg", "asset.ayg")
+# every file a run writes into its directory (whose leftover temporary files a start clears)
+WRITTEN_FILES = (*RUN_FILES, "losses.jsonl", "preview.mp4", "stage2.ayg", "finetune3d.ayg")
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device "auto" (CUDA when available, else the CPU), "cpu", "cuda" or "cuda:N"."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(
-            f"device '{name}' was asked for but CUDA is not available; use --device cpu"
-        )
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device '{name}' was asked for but CUDA is not available; use --device cpu"
+            )
+        if ":" in name and int(name[5:]) >= torch.cuda.device_count():
+            raise ValueError(
+                f"device '{name}' does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s), cuda:0 and up"
+            )
     return torch.device(name)
 
 
@@ -48,6 +78,43 @@ def check_out_dir(out: Path, resume: bool) -> None:
         )
 
 
+def check_config(cfg: RunConfig) -> None:
+    """The whole resolved config, before anything is written: every field (``validate``), the
+    objects built from it (teacher terms, samplers), that its teachers can run here, and that
+    TensorBoard is installed when asked for."""
+    validate(cfg)
+    stage1_terms(cfg.stage1)
+    stage2_terms(cfg.stage2, cfg.teachers.grad_frames)
+    stage2_samplers(cfg.stage2)
+    check_teachers_runnable(cfg.teachers, cfg.device, cfg.preset)
+    if cfg.output.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                f"output.tensorboard=true needs TensorBoard: {TENSORBOARD_INSTALL} "
+                "(losses.jsonl is written either way)"
+            )
+
+
+def is_finished(out: str | Path) -> bool:
+    """Whether ``out`` holds a finished run (its asset was written)."""
+    return (Path(out) / "asset.ayg").is_file()
+
+
+def _prepare(out: Path, cfg: RunConfig, job: dict[str, Any], resume: bool) -> torch.device:
+    """The checks every job makes before it writes anything, then clears the temporary files
+    an earlier start of this run left when it was killed. Returns the device."""
+    check_out_dir(out, resume)
+    _check_resume(out, cfg, job, resume)
+    device = resolve_device(cfg.device)
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        read_checkpoint(checkpoint)  # a corrupt one is refused before the teachers load
+    remove_temp_files(out, WRITTEN_FILES)
+    return device
+
+
 def _start_run(out: Path, cfg: RunConfig, job: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _write_config(out, cfg, job)
@@ -56,7 +123,7 @@ def _start_run(out: Path, cfg: RunConfig, job: dict[str, Any]) -> None:
 def _context(
     cfg: RunConfig, out: Path, device: torch.device, progress: bool, callback
 ) -> RunContext:
-    tb = out / "tensorboard"
+    tb = out / "tensorboard" if cfg.output.tensorboard else None
     return RunContext(
         device=device,
         backend=cfg.backend,
@@ -69,14 +136,31 @@ def _context(
     )
 
 
-def _check_resume_config(out: Path, cfg: RunConfig, resume: bool) -> None:
+# what must match for a run to be resumed (paths may be spelled differently)
+_JOB_KEYS = ("command", "prompt", "loop")
+
+
+def _check_resume(out: Path, cfg: RunConfig, job: dict[str, Any], resume: bool) -> None:
     path = out / "config.json"
-    if resume and path.exists():
+    if not (resume and path.exists()):
+        return
+    try:
         saved = json.loads(path.read_text())
-        if saved.get("config") != json.loads(json.dumps(cfg.to_dict())):
+        saved_job, saved_cfg = saved["job"], saved["config"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ValueError(
+            f"{path} is damaged, so the run cannot be resumed; start over in a new --out"
+        ) from None
+    for key in _JOB_KEYS:
+        if saved_job.get(key) != job.get(key):
             raise ValueError(
-                f"'{out}' was started with another config; resume it with the same preset and overrides"
+                f"'{out}' was started with {key} {saved_job.get(key)!r}, not {job.get(key)!r}; "
+                "resume it with the same command or choose another --out"
             )
+    if saved_cfg != json.loads(json.dumps(cfg.to_dict())):
+        raise ValueError(
+            f"'{out}' was started with another config; resume it with the same preset and overrides"
+        )
 
 
 def _write_config(out: Path, cfg: RunConfig, job: dict[str, Any]) -> None:
@@ -86,32 +170,46 @@ def _write_config(out: Path, cfg: RunConfig, job: dict[str, Any]) -> None:
     )
 
 
-def _finish(asset: Asset, out: Path, cfg: RunConfig, ctx: RunContext) -> Asset:
+def _write_preview(asset: Asset, out: Path, cfg: RunConfig) -> None:
     from ayg.export import export_video
 
-    asset.save(out / "asset.ayg")
     o = cfg.output
-    if o.preview:
-        export_video(
-            asset,
-            out / "preview.mp4",
-            frames=o.preview_frames,
-            fps=o.preview_fps,
-            width=o.preview_width,
-            height=o.preview_height,
-            backend=ctx.backend,
-        )
-        # what the preview is, beside the config that made it: its length and frame rate
-        record = json.loads((out / "config.json").read_text())
-        record["preview"] = {
-            "file": "preview.mp4",
-            "frames": o.preview_frames,
-            "fps": o.preview_fps,
-            "seconds": o.preview_frames / o.preview_fps,
-            "width": o.preview_width,
-            "height": o.preview_height,
-        }
-        atomic_write_text(out / "config.json", json.dumps(record, indent=2, sort_keys=True))
+    export_video(
+        asset,
+        out / "preview.mp4",
+        frames=o.preview_frames,
+        fps=o.preview_fps,
+        width=o.preview_width,
+        height=o.preview_height,
+        backend=cfg.backend,
+    )
+    # what the preview is, beside the config that made it: its length and frame rate
+    record = json.loads((out / "config.json").read_text())
+    record["preview"] = {
+        "file": "preview.mp4",
+        "frames": o.preview_frames,
+        "fps": o.preview_fps,
+        "seconds": o.preview_frames / o.preview_fps,
+        "width": o.preview_width,
+        "height": o.preview_height,
+    }
+    atomic_write_text(out / "config.json", json.dumps(record, indent=2, sort_keys=True))
+
+
+def _finished(out: Path, cfg: RunConfig) -> Asset:
+    """A finished run on resume: nothing is trained; the outputs a kill during the closing
+    writes left missing are written, and a checkpoint left behind is removed."""
+    asset = Asset.load(out / "asset.ayg")
+    if cfg.output.preview and not (out / "preview.mp4").exists():
+        _write_preview(asset, out, cfg)
+    (out / "checkpoint.pt").unlink(missing_ok=True)
+    return asset
+
+
+def _finish(asset: Asset, out: Path, cfg: RunConfig, ctx: RunContext) -> Asset:
+    asset.save(out / "asset.ayg")
+    if cfg.output.preview:
+        _write_preview(asset, out, cfg)
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         ckpt.unlink()
@@ -128,12 +226,13 @@ def generate(
     callback: StepCallback | None = None,
 ) -> Asset:
     """Text → 4D asset: stage 1, stage 2, then the fine-tuning of C.9 when enabled."""
-    validate(cfg)
+    check_config(cfg)
     check_prompt(cfg.teachers, prompt)
     out = Path(out)
-    check_out_dir(out, resume)
-    _check_resume_config(out, cfg, resume)
-    device = resolve_device(cfg.device)
+    job = {"command": "generate", "prompt": prompt}
+    device = _prepare(out, cfg, job, resume)
+    if resume and is_finished(out):
+        return _finished(out, cfg)
     stage1_path = out / "stage1.ayg"
     need_stage1 = not (resume and stage1_path.exists())
     # load the first teachers before anything is written: a missing model leaves no run behind
@@ -142,7 +241,7 @@ def generate(
         if need_stage1
         else None
     )
-    _start_run(out, cfg, {"command": "generate", "prompt": prompt})
+    _start_run(out, cfg, job)
     ctx = _context(cfg, out, device, progress, callback)
 
     def snapshot(cloud: GaussianCloud, motion: Motion | None = None) -> Asset:
@@ -223,15 +322,16 @@ def animate(
     callback: StepCallback | None = None,
 ) -> Asset:
     """Stage 2 only, on a static 3DGS asset from another tool (an Inria-format PLY)."""
-    validate(cfg)
+    check_config(cfg)
     check_prompt(cfg.teachers, prompt)
     cloud = load_ply(ply)  # fails early with a PlyError for a bad file
     out = Path(out)
-    check_out_dir(out, resume)
-    _check_resume_config(out, cfg, resume)
-    device = resolve_device(cfg.device)
+    job = {"command": "animate", "prompt": prompt, "ply": str(ply)}
+    device = _prepare(out, cfg, job, resume)
+    if resume and is_finished(out):
+        return _finished(out, cfg)
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
-    _start_run(out, cfg, {"command": "animate", "prompt": prompt, "ply": str(ply)})
+    _start_run(out, cfg, job)
     ctx = _context(cfg, out, device, progress, callback)
     motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
     motion = run_stage2(
@@ -261,7 +361,7 @@ def extend(
     """Autoregressive extension (sec. 3.4): a new segment starts at the middle frame of the last
     one and is optimised with the earlier ones fixed, optionally under a new prompt; ``loop``
     makes it end on the first pose (sec. 4)."""
-    validate(cfg)
+    check_config(cfg)
     asset = Asset.load(asset_path)
     if len(asset.objects) != 1:
         raise ValueError("extend works on a single-object asset, not on a composed scene")
@@ -273,13 +373,12 @@ def extend(
         prompt = prompts[-1]
     check_prompt(cfg.teachers, prompt)
     out = Path(out)
-    check_out_dir(out, resume)
-    _check_resume_config(out, cfg, resume)
-    device = resolve_device(cfg.device)
+    job = {"command": "extend", "prompt": prompt, "asset": str(asset_path), "loop": loop}
+    device = _prepare(out, cfg, job, resume)
+    if resume and is_finished(out):
+        return _finished(out, cfg)
     teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
-    _start_run(
-        out, cfg, {"command": "extend", "prompt": prompt, "asset": str(asset_path), "loop": loop}
-    )
+    _start_run(out, cfg, job)
     ctx = _context(cfg, out, device, progress, callback)
     motion = obj.motion if obj.motion is not None else Motion([])
     for seg in motion.segments:
@@ -313,7 +412,9 @@ def load_cloud_or_asset(path: str | Path) -> Asset:
 
 
 __all__ = [
+    "check_config",
     "generate",
+    "is_finished",
     "animate",
     "extend",
     "load_cloud_or_asset",

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -839,3 +841,28 @@ def gaussian_visibility(
             k += 1
     out[bins.vis[q]] = torch.exp(log_t)
     return out.reshape(C, N)
+
+
+# ----------------------------------------------------------------------------- the API's render
+
+
+def render_asset(asset, cameras: Cameras, times, background=None, backend: str = "auto"):
+    """Render ``asset`` from ``cameras`` (C cameras), camera i at global time ``times[i]`` (one
+    time is used for every camera). Returns ``RenderOutput``: rgb (C, 3, H, W), alpha, depth."""
+    times = torch.as_tensor(times, dtype=torch.float32, device=cameras.device).reshape(-1)
+    if times.numel() == 1 and len(cameras) > 1:
+        times = times.expand(len(cameras))
+    return asset.render(cameras, times, background=background, backend=backend)
+
+
+class _CallableModule(types.ModuleType):
+    """``ayg.render(asset, cameras, times)`` is the Python API's render call, and ``ayg.render``
+    is also this module: importing a submodule makes it an attribute of its package, replacing
+    any function of the same name. Calling the module itself keeps both meanings working
+    whatever was imported first."""
+
+    def __call__(self, asset, cameras: Cameras, times, background=None, backend: str = "auto"):
+        return render_asset(asset, cameras, times, background=background, backend=backend)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import pickle
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from ayg.gaussians import (
     make_optimizer,
     update_learning_rate,
 )
-from ayg.io_utils import atomic_path
+from ayg.io_utils import atomic_path, write_text
 from ayg.regularizers import jsd_regularizer, knn_indices, rigidity_loss
 from ayg.render import rasterize, render_gaussians
 
@@ -50,8 +51,11 @@ StepCallback = Callable[[str, int], None]
 # ----------------------------------------------------------------------------- logging
 
 
+TENSORBOARD_INSTALL = 'pip install "ayg[tensorboard]"'
+
+
 class LossLog:
-    """Losses as JSON lines (one file per run) and, when installed, TensorBoard."""
+    """Losses as JSON lines (one file per run) and, when asked for, TensorBoard events."""
 
     def __init__(self, path: Path | None, tensorboard_dir: Path | None = None):
         self.path = path
@@ -59,13 +63,16 @@ class LossLog:
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(tensorboard_dir))
-            except Exception:  # tensorboard is optional
-                self.writer = None
+            except ImportError:
+                raise ValueError(
+                    f"TensorBoard logging (output.tensorboard=true) needs {TENSORBOARD_INSTALL}"
+                ) from None
+            self.writer = SummaryWriter(str(tensorboard_dir))
 
     def truncate_after(self, phase: str, step: int) -> None:
-        """On resume, drop lines of ``phase`` past ``step`` (they are recomputed identically)."""
+        """When a phase (re)starts at ``step``, drop its lines at ``step`` and later: they are
+        recomputed identically, and a phase restarted from its beginning (no checkpoint yet)
+        drops them all instead of logging its first steps twice."""
         if self.path is None or not self.path.exists():
             return
         keep = []
@@ -77,9 +84,7 @@ class LossLog:
             if rec.get("phase") == phase and rec.get("step", -1) >= step:
                 continue
             keep.append(line)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(k + "\n" for k in keep))
 
     def write(self, phase: str, step: int, stats: dict[str, float]) -> None:
         rec = {"phase": phase, "step": step, **{k: _num(v) for k, v in stats.items()}}
@@ -146,12 +151,48 @@ def atomic_torch_save(obj: dict, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _load_checkpoint(path: Path | None, phase: str) -> dict | None:
+class CheckpointError(ValueError):
+    """A ``checkpoint.pt`` that cannot be resumed from (one line saying how to go on)."""
+
+
+_START_OVER = (
+    "delete it and run again with --resume to redo the current phase from its start, "
+    "or start over in a new --out"
+)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint file, loaded with ``weights_only=True``: a file holding pickled objects
+    other than tensors and plain containers is refused, never run. Raises ``CheckpointError``
+    (one line saying how to go on) for such a file and for a corrupt or foreign one."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and was not loaded (loading "
+            f"it could run code); {_START_OVER}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt ({first}); {_START_OVER}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("phase"), str):
+        raise CheckpointError(f"checkpoint {path} is not an ayg checkpoint; {_START_OVER}")
+    return ckpt
+
+
+def _load_checkpoint(path: Path | None, phase: str, keys: tuple[str, ...]) -> dict | None:
+    """The checkpoint of ``phase`` at ``path``: None when there is none or it belongs to
+    another phase; ``CheckpointError`` when it cannot be used."""
     if path is None or not path.exists():
         return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if ckpt.get("phase") != phase:
+    ckpt = read_checkpoint(path)
+    if ckpt["phase"] != phase:
         return None
+    missing = [k for k in ("step", "skipped", "generator", *keys) if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} lacks {', '.join(missing)} for phase {phase}; {_START_OVER}"
+        )
     return ckpt
 
 
@@ -250,7 +291,7 @@ def run_stage1(
     strategy_state = strategy.initialize_state()
     start, skipped = 0, 0
 
-    ckpt = _load_checkpoint(ctx.checkpoint_path, phase)
+    ckpt = _load_checkpoint(ctx.checkpoint_path, phase, ("cloud", "optimizer", "strategy"))
     if ckpt is not None:
         cloud = GaussianCloud.from_state_dict(ckpt["cloud"]).to(device)
         optimizer = make_optimizer(cloud, lr)
@@ -260,7 +301,7 @@ def run_stage1(
         }
         generator.set_state(ckpt["generator"])
         start, skipped = int(ckpt["step"]), int(ckpt["skipped"])
-        ctx.log.truncate_after(phase, start)
+    ctx.log.truncate_after(phase, start)
 
     sampler = Stage1CameraSampler(
         fov_range=cfg.fov_range,
@@ -455,13 +496,13 @@ def run_stage2(
     optimizer = torch.optim.Adam(trained.parameters(), lr=cfg.lr)
     start, skipped = 0, 0
 
-    ckpt = _load_checkpoint(ctx.checkpoint_path, phase)
+    ckpt = _load_checkpoint(ctx.checkpoint_path, phase, ("field", "optimizer"))
     if ckpt is not None:
         trained.load_state_dict(ckpt["field"])
         optimizer.load_state_dict(ckpt["optimizer"])
         generator.set_state(ckpt["generator"])
         start, skipped = int(ckpt["step"]), int(ckpt["skipped"])
-        ctx.log.truncate_after(phase, start)
+    ctx.log.truncate_after(phase, start)
 
     means0 = cloud.means.detach()  # (N, 3)
     with torch.no_grad():

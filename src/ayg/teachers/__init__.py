@@ -36,24 +36,25 @@ def build_teachers(
         raise ValueError(f"teachers.kind must be real, toy or random, got '{cfg.kind}'")
 
     dtype = getattr(torch, cfg.dtype) if device.type == "cuda" else torch.float32
+    hub = dict(local_files_only=cfg.local_files_only, cache_dir=cfg.cache_dir)
     out: dict[str, Any] = {}
     if "image" in roles:
         from ayg.teachers.stable_diffusion import StableDiffusionTeacher
 
         out["image"] = StableDiffusionTeacher.from_pretrained(
-            cfg.image_model, device=device, dtype=dtype, local_files_only=cfg.local_files_only
+            cfg.image_model, device=device, dtype=dtype, revision=cfg.image_revision, **hub
         )
     if "multiview" in roles:
         from ayg.teachers.mvdream import MVDreamTeacher
 
         out["multiview"] = MVDreamTeacher.from_pretrained(
-            cfg.multiview_model, device=device, dtype=dtype, local_files_only=cfg.local_files_only
+            cfg.multiview_model, device=device, dtype=dtype, revision=cfg.multiview_revision, **hub
         )
     if "video" in roles:
         from ayg.teachers.video import VideoTeacher
 
         out["video"] = VideoTeacher.from_pretrained(
-            cfg.video_model, device=device, dtype=dtype, local_files_only=cfg.local_files_only
+            cfg.video_model, device=device, dtype=dtype, revision=cfg.video_revision, **hub
         )
     if cfg.offload_idle:
         for t in out.values():
@@ -61,11 +62,39 @@ def build_teachers(
     return out
 
 
+MODELS_EXTRA = ("diffusers", "transformers", "huggingface_hub")
+MODELS_INSTALL = 'pip install "ayg[models]"'
+
+
+def check_teachers_runnable(cfg: TeacherConfig, device_name: str, preset: str) -> None:
+    """Refuse, in one line and before anything is written, real teachers that cannot run here:
+    their libraries are missing (the ``models`` extra), or the device is "auto" on a machine
+    without CUDA (the real models need a GPU; ``--device cpu`` asks for the CPU explicitly)."""
+    if cfg.kind != "real":
+        return
+    import importlib.util
+
+    missing = [m for m in MODELS_EXTRA if importlib.util.find_spec(m) is None]
+    no_gpu = device_name == "auto" and not torch.cuda.is_available()
+    if not missing and not no_gpu:
+        return
+    needs = []
+    if no_gpu:
+        needs.append("a CUDA GPU (none found; --device cpu runs it on the CPU, very slowly)")
+    if missing:
+        needs.append(f"{MODELS_INSTALL} ({', '.join(missing)} not installed)")
+    raise ValueError(
+        f"preset '{preset}' runs real diffusion models and needs "
+        + " and ".join(needs)
+        + "; --preset toy runs offline on a CPU in minutes"
+    )
+
+
 def check_prompt(cfg: TeacherConfig, prompt: str) -> None:
     """Reject prompts a teacher cannot read, before any work starts (one clear line)."""
     if not prompt or not prompt.strip():
         raise ValueError('the prompt is empty; give a text such as "a blue cone nodding"')
     if cfg.kind in ("toy", "random"):
-        from ayg.toyworld.vocab import parse_prompt
+        from ayg.toyworld.vocab import check_user_prompt
 
-        parse_prompt(prompt)
+        check_user_prompt(prompt)

@@ -714,6 +714,7 @@ class MVDreamTeacher:
         dtype: torch.dtype | None = None,
         local_files_only: bool | None = None,
         cache_dir: str | os.PathLike | None = None,
+        revision: str | None = None,
         filename: str = DEFAULT_FILENAME,
         tokenizer_id: str = DEFAULT_TOKENIZER_ID,
         arch: MVDreamArch | None = None,
@@ -722,9 +723,10 @@ class MVDreamTeacher:
     ) -> MVDreamTeacher:
         """The official checkpoint ``model_id:filename`` (a Hub id, a local directory or the
         file itself) with SD 2.1's tokenizer, or a diffusers-format port (a directory or Hub
-        repo with ``unet/config.json``). Offline and missing -> ``TeacherNotAvailable``."""
+        repo with ``unet/config.json``). ``revision`` pins ``model_id`` (not the tokenizer's
+        repository). Offline and missing -> ``TeacherNotAvailable``."""
         dtype = dtype or default_dtype(device)
-        hub = dict(local_files_only=local_files_only, cache_dir=cache_dir)
+        hub = dict(local_files_only=local_files_only, cache_dir=cache_dir, revision=revision)
         local = Path(model_id)
         if local.is_file():
             ckpt = local
@@ -748,7 +750,9 @@ class MVDreamTeacher:
                 return cls.from_diffusers(
                     model_id, device, dtype, tokenizer=tokenizer, **hub, **kwargs
                 )
-        tokenizer = tokenizer or sd_tokenizer(tokenizer_id, **hub)
+        tokenizer = tokenizer or sd_tokenizer(
+            tokenizer_id, local_files_only=local_files_only, cache_dir=cache_dir
+        )
         return cls.from_checkpoint(ckpt, arch, tokenizer, device, dtype, **kwargs)
 
     @classmethod
@@ -760,6 +764,7 @@ class MVDreamTeacher:
         local_files_only: bool | None = None,
         cache_dir: str | os.PathLike | None = None,
         tokenizer: Any = None,
+        revision: str | None = None,
         **kwargs: Any,
     ) -> MVDreamTeacher:
         """A diffusers-format port: ``unet/`` (MVDream layout with an ldm-style config, or a
@@ -769,7 +774,7 @@ class MVDreamTeacher:
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTokenizer
 
-        hub = dict(local_files_only=local_files_only, cache_dir=cache_dir)
+        hub = dict(local_files_only=local_files_only, cache_dir=cache_dir, revision=revision)
         unet_cfg = json.loads(hub_file(model_id, "unet/config.json", **hub).read_text())
         unet_state = _load_weights(model_id, "unet", hub)
         if "model_channels" in unet_cfg:  # MVDream's own module layout

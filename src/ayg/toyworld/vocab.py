@@ -1,7 +1,9 @@
 """The toy world's vocabulary and its text "encoder" (DESIGN §7).
 
 Prompts read "a COLOUR SHAPE [MOTION]": case, punctuation and words outside the vocabulary are
-ignored, so "A red ball, spinning!" and "a red ball spinning, front view" mean the same thing.
+ignored, so "A red ball, spinning!" and "a red ball spinning, front view" mean the same thing
+to the teachers. A prompt a user types is read strictly (``check_user_prompt``): a word
+outside the vocabulary is refused rather than silently dropped.
 
 Two readings of a prompt:
 
@@ -152,6 +154,40 @@ def parse_prompt(text: str | ToyPrompt) -> ToyPrompt:
         missing = " and ".join(k for k, v in (("colour", colour), ("shape", shape)) if v is None)
         raise ValueError(f"no known {missing} in prompt {text!r}; {vocabulary_line()}")
     return ToyPrompt(colour, shape, None if motion == "static" else motion)
+
+
+_FILLERS = frozenset({"a", "an", "the"})
+_KNOWN_WORDS = (
+    frozenset(COLOURS)
+    | frozenset(SHAPES)
+    | frozenset(_MOTION_FORMS)
+    | _STATIC_WORDS
+    | frozenset(w for pair in _STATIC_PHRASES for w in pair)
+    | _FILLERS
+)
+
+
+def check_user_prompt(text: str) -> ToyPrompt:
+    """``parse_prompt`` for a prompt a user typed, strictly: a word outside the vocabulary, or
+    two colours, shapes or motions, is refused in one line instead of being ignored (in "a blue
+    cone dancing" the motion would silently be lost). The teachers' own prompts (view words,
+    the negative prompt) go through the lenient ``tokenize``."""
+    words = _words(text)
+    unknown = [w for w in dict.fromkeys(words) if w not in _KNOWN_WORDS]
+    if unknown:
+        listed = ", ".join(repr(w) for w in unknown)
+        raise ValueError(
+            f"the toy world does not know {listed} in prompt {text!r}; {vocabulary_line()} "
+            "(leave MOTION out for an object that stands still)"
+        )
+    for kind, vocab in (("colours", COLOURS), ("shapes", SHAPES)):
+        named = list(dict.fromkeys(w for w in words if w in vocab))
+        if len(named) > 1:
+            raise ValueError(f"prompt {text!r} names two {kind} ({', '.join(named)}); give one")
+    motions = list(dict.fromkeys(_MOTION_FORMS[w] for w in words if w in _MOTION_FORMS))
+    if len(motions) > 1:
+        raise ValueError(f"prompt {text!r} names two motions ({', '.join(motions)}); give one")
+    return parse_prompt(text)
 
 
 def tokenize(text: str | ToyPrompt) -> Tensor:
