@@ -260,11 +260,15 @@ def write_stand_in_tokenizer(folder: str | os.PathLike, max_length: int = 77) ->
     return tokenizer
 
 
-def ldm_scheduler() -> Any:
-    """The DDPM schedule of SD 2.1 base, MVDream and Zeroscope (ldm "linear" in √β, ε-target)."""
-    from diffusers import DDPMScheduler
+def ldm_scheduler(kind: str = "DDPMScheduler") -> Any:
+    """The noise schedule of SD 2.1 base, MVDream and Zeroscope (ldm's "linear" in √β,
+    ε-prediction) as the diffusers scheduler class ``kind`` their folders ship (SD 2.1 base:
+    PNDMScheduler, Zeroscope: DDIMScheduler); the teachers read only the schedule."""
+    import diffusers
 
-    return DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    return getattr(diffusers, kind)(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012
+    )
 
 
 # ----------------------------------------------------------------------------------------------
