@@ -394,6 +394,7 @@ def jobs(
     steps: int,
     device: str,
     video: bool,
+    finetune: bool = True,
 ) -> list[Job]:
     teachers = [
         "teachers.local_files_only=true",
@@ -415,18 +416,12 @@ def jobs(
     gen, port = runs / "generate", runs / "generate-port"
     ext, loop, ply, anim = runs / "extend", runs / "loop", runs / "ply", runs / "animate"
     spec, scene = runs / "scene.json", runs / "scene.ayg"
-    finetune = [
-        "--set",
-        "finetune.enabled=true",
-        "--set",
-        f"finetune.steps_3d={steps}",
-        "--set",
-        f"finetune.steps_4d={steps}",
-    ]
+    tune = ["finetune.enabled=true", f"finetune.steps_3d={steps}", f"finetune.steps_4d={steps}"]
+    tune_args = [a for s in tune for a in ("--set", s)] if finetune else []
     return [
         Job(
             "generate",
-            ["generate", PROMPT, *run_args(gen), *finetune],
+            ["generate", PROMPT, *run_args(gen), *tune_args],
             [],
             [gen / "asset.ayg"],
             gen,
@@ -602,6 +597,7 @@ def report(args: argparse.Namespace, phases: list[Phase], t_start: float) -> dic
         "torch": torch.__version__,
         "steps_per_phase": args.steps,
         "video": args.video,
+        "finetune": args.finetune,
         "total_s": time.perf_counter() - t_start,
         "phases": [asdict(p) for p in phases],
     }
@@ -626,12 +622,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="previews and the video export (need imageio-ffmpeg; default: on for tiny only)",
     )
     ap.add_argument(
+        "--finetune",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the first generate fine-tunes (C.9; default on)",
+    )
+    ap.add_argument(
         "--phases",
         default=",".join(PHASES),
         help=f"comma-separated subset of {','.join(PHASES)} (the checkpoints are always written)",
     )
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per CLI command")
     args = ap.parse_args(argv)
+    if args.steps is not None and args.steps <= 0:
+        ap.error(f"--steps must be positive, got {args.steps}")
     args.steps = args.steps or (5 if args.size == "real" else 2)
     args.device = args.device or ("cuda" if args.size == "real" else "cpu")
     args.video = (args.size == "tiny") if args.video is None else args.video
@@ -641,8 +645,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"unknown phase(s) {', '.join(unknown)}; allowed: {', '.join(PHASES)}")
     if not args.video and "video" in args.phases:
         args.phases.remove("video")
-    if args.steps <= 0:
-        ap.error(f"--steps must be positive, got {args.steps}")
     if args.workdir.exists() and (not args.workdir.is_dir() or any(args.workdir.iterdir())):
         ap.error(f"--workdir {args.workdir} must be a new or empty directory")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -675,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     runs.mkdir()
     write_compose_spec(runs)
     env = cli_env(workdir)
-    for job in jobs(paths, runs, shapes, args.steps, args.device, args.video):
+    for job in jobs(paths, runs, shapes, args.steps, args.device, args.video, args.finetune):
         if job.name in args.phases:
             log(run_job(job, workdir, env, args.timeout))
 
