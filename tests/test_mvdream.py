@@ -413,6 +413,16 @@ def test_diffusers_port_with_separate_camera_projection(tmp_path, teacher):
         )
 
 
+def test_official_checkpoint_without_the_tokenizer_cached_is_one_clear_line(tmp_path, checkpoint):
+    path = tmp_path / "sd-v2.1-base-4view.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(TeacherNotAvailable) as err:
+        MVDreamTeacher.from_pretrained(str(path), local_files_only=True, cache_dir=tmp_path / "hub")
+    msg = str(err.value)
+    assert "stabilityai/stable-diffusion-2-1-base" in msg and "tokenizer" in msg
+    assert "hf download" in msg and "\n" not in msg
+
+
 def test_missing_model_offline_is_one_clear_line(tmp_path):
     with pytest.raises(TeacherNotAvailable) as err:
         MVDreamTeacher.from_pretrained("MVDream/MVDream", local_files_only=True, cache_dir=tmp_path)

@@ -964,9 +964,12 @@ class MVDreamTeacher:
 
 
 def sd_tokenizer(model_id: str = DEFAULT_TOKENIZER_ID, **hub: Any) -> Any:
-    """SD 2.1's CLIP tokenizer (OpenCLIP's BPE vocabulary, 77 tokens, padded with id 0)."""
+    """SD 2.1's CLIP tokenizer (OpenCLIP's BPE vocabulary, 77 tokens, padded with id 0).
+    Its config is looked up first: offline, transformers returns an empty tokenizer for a model
+    that is not in the cache instead of failing."""
     from transformers import CLIPTokenizer
 
+    hub_file(model_id, "tokenizer/tokenizer_config.json", **hub)  # TeacherNotAvailable if missing
     return load_component(CLIPTokenizer.from_pretrained, model_id, "tokenizer", **hub)
 
 
