@@ -32,8 +32,10 @@ for commands without stages the wall time is the figure. Checkpoint writing is t
 (``benchmarks/step.py``'s configs), initialised on the GPU, saved in fp16 (safetensors, and the
 ``.pt`` for MVDream's official file); bf16 teachers; about 11 GB on disk. No video by default
 (``--video`` to add previews and the video export; they need imageio-ffmpeg).
-``--size tiny``: the same layouts with tiny shapes on the CPU, small renders: every phase in
-minutes on a laptop (tests/test_paper_e2e.py runs the writers and one generate).
+``--size tiny``: the same layouts with tiny shapes, on the CPU, with small renders (the
+teachers still see 320×512 and 256×256); tests/test_paper_e2e.py runs the writers and one
+generate. ``--reuse`` splits a run over several calls: a later call keeps the models and runs
+an earlier call left in ``--workdir`` and runs its ``--phases`` on them.
 
     PYTHONPATH=src python benchmarks/paper_e2e.py --size real --workdir /tmp/e2e --json e2e.json
     PYTHONPATH=src python benchmarks/paper_e2e.py --size tiny --workdir /tmp/e2e-tiny
@@ -215,7 +217,7 @@ class StageFigures:
 class Phase:
     name: str
     wall_s: float = 0.0
-    status: str = "ok"  # ok | failed | skipped
+    status: str = "ok"  # ok | failed | skipped (an input is missing) | reused (--reuse)
     command: list[str] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
     stages: list[StageFigures] = field(default_factory=list)
@@ -278,8 +280,11 @@ def _timed(phase: Phase, device: torch.device, fn: Callable[[], list[Path]], roo
         torch.cuda.empty_cache()
 
 
-def write_models(shapes: Shapes, workdir: Path, device: torch.device, log) -> dict[str, Path]:
-    """The four teacher checkpoints and the hub-cache tokenizer; returns their paths."""
+def write_models(
+    shapes: Shapes, workdir: Path, device: torch.device, log, reuse: bool = False
+) -> dict[str, Path]:
+    """The four teacher checkpoints and the hub-cache tokenizer; returns their paths. With
+    ``reuse``, a writer whose outputs an earlier call left in ``workdir`` is skipped."""
     import diffusers
     import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel, UNet3DConditionModel
@@ -350,8 +355,9 @@ def write_models(shapes: Shapes, workdir: Path, device: torch.device, log) -> di
                 "StableDiffusionPipeline",
                 "PNDMScheduler",
             ),
+            ("sd",),
         ),
-        ("write MVDream (.pt + diffusers port)", mvdream),
+        ("write MVDream (.pt + diffusers port)", mvdream, ("mvdream", "port")),
         (
             "write Zeroscope v2 576w (diffusers)",
             latent_folder(
@@ -361,12 +367,17 @@ def write_models(shapes: Shapes, workdir: Path, device: torch.device, log) -> di
                 "TextToVideoSDPipeline",
                 "DDIMScheduler",
             ),
+            ("video",),
         ),
-        ("write hub cache (SD 2.1 tokenizer)", hub),
+        ("write hub cache (SD 2.1 tokenizer)", hub, ("hub",)),
     ]
-    for name, fn in writers:
+    for name, fn, keys in writers:
         phase = Phase(name)
-        _timed(phase, device, fn, workdir)
+        if reuse and all(paths[k].exists() for k in keys):
+            phase.status = "reused"
+            phase.outputs = [describe(paths[k], workdir) for k in keys]
+        else:
+            _timed(phase, device, fn, workdir)
         log(phase)
     return paths
 
@@ -575,7 +586,9 @@ def table(phases: list[Phase]) -> str:
     lines = [head, "-" * len(head)]
     for p in phases:
         outputs = ", ".join(f"{o['path']} ({_size(o['bytes'])})" for o in p.outputs)
-        status = "" if p.status == "ok" else f"[{p.status.upper()}: {p.error}] "
+        status = {"ok": "", "reused": "[REUSED] "}.get(
+            p.status, f"[{p.status.upper()}: {p.error}] "
+        )
         lines.append(
             f"{p.name:40s} {p.wall_s:8.1f} {'':5s} {'':7s} {_gib(p.peak_gib):>8s}  "
             f"{status}{outputs}"
@@ -632,6 +645,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(PHASES),
         help=f"comma-separated subset of {','.join(PHASES)} (the checkpoints are always written)",
     )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="--workdir holds an earlier call's models (same --size) and runs: write only what "
+        "is missing, and run --phases on what is there (a long run split over several calls)",
+    )
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per CLI command")
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps <= 0:
@@ -645,8 +664,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"unknown phase(s) {', '.join(unknown)}; allowed: {', '.join(PHASES)}")
     if not args.video and "video" in args.phases:
         args.phases.remove("video")
-    if args.workdir.exists() and (not args.workdir.is_dir() or any(args.workdir.iterdir())):
-        ap.error(f"--workdir {args.workdir} must be a new or empty directory")
+    if args.workdir.exists() and not args.workdir.is_dir():
+        ap.error(f"--workdir {args.workdir} is a file; give a directory")
+    stamp = args.workdir / "models" / "SIZE"
+    if args.reuse and stamp.is_file() and stamp.read_text().strip() != args.size:
+        ap.error(f"--workdir {args.workdir} holds --size {stamp.read_text().strip()} models")
+    if not args.reuse and args.workdir.is_dir() and any(args.workdir.iterdir()):
+        ap.error(f"--workdir {args.workdir} must be a new or empty directory (or pass --reuse)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {args.device}: CUDA is not available (use --size tiny on a CPU)")
     return args
@@ -663,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def log(phase: Phase) -> None:
         phases.append(phase)
-        status = "" if phase.status == "ok" else f"  {phase.status.upper()}: {phase.error}"
+        status = "" if phase.status == "ok" else f"  {phase.status.upper()} {phase.error}"
         print(f"# {phase.name}: {phase.wall_s:.1f} s{status}", flush=True)
         if args.json is not None:  # after every phase: a run cut short keeps what it measured
             from ayg.io_utils import write_json
@@ -672,9 +696,11 @@ def main(argv: list[str] | None = None) -> int:
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"# paper_e2e --size {args.size} on {where}, torch {torch.__version__}", flush=True)
-    paths = write_models(shapes, workdir, device, log)
+    (workdir / "models").mkdir(exist_ok=True)
+    (workdir / "models" / "SIZE").write_text(args.size)
+    paths = write_models(shapes, workdir, device, log, reuse=args.reuse)
     runs = workdir / "runs"
-    runs.mkdir()
+    runs.mkdir(exist_ok=True)
     write_compose_spec(runs)
     env = cli_env(workdir)
     for job in jobs(paths, runs, shapes, args.steps, args.device, args.video, args.finetune):
@@ -683,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(table(phases))
     print(f"# total {time.perf_counter() - t_start:.1f} s", flush=True)
-    return 0 if all(p.status == "ok" for p in phases) else 1
+    return 0 if all(p.status in ("ok", "reused") for p in phases) else 1
 
 
 if __name__ == "__main__":

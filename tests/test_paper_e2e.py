@@ -5,6 +5,7 @@ offline; the stage loops' end-of-phase records carry the figures the benchmark p
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,25 @@ def test_stage_records_carry_peak_memory_on_cuda(tmp_path):
     for r in ends.values():
         # at least the tiny teachers' weights, at most the whole card
         assert 0 < r["peak_gib"] < torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+def test_reuse_writes_only_what_is_missing(e2e, tmp_path, capsys):
+    """A run split over calls: the second call reuses the models the first wrote; a phase
+    whose input is missing is skipped, not run (and makes the call fail)."""
+    work, out = tmp_path / "w", tmp_path / "e2e.json"
+    argv = ["--workdir", str(work), "--json", str(out), "--phases", "animate"]
+    assert e2e.main(argv) == 1
+    first = {p["name"]: p for p in json.loads(out.read_text())["phases"]}
+    assert first["animate"]["status"] == "skipped" and "frame_0000.ply" in first["animate"]["error"]
+    shutil.rmtree(work / "models" / "zeroscope_v2_576w")
+    e2e.main([*argv, "--reuse"])
+    second = {p["name"]: p["status"] for p in json.loads(out.read_text())["phases"]}
+    assert second == {
+        "write SD 2.1 base (diffusers)": "reused",
+        "write MVDream (.pt + diffusers port)": "reused",
+        "write Zeroscope v2 576w (diffusers)": "ok",
+        "write hub cache (SD 2.1 tokenizer)": "reused",
+        "animate": "skipped",
+    }
+    with pytest.raises(SystemExit):  # models of another size
+        e2e.parse_args(["--size", "real", "--workdir", str(work), "--reuse", "--device", "cpu"])
