@@ -290,9 +290,11 @@ def _new_folder(folder: Path) -> Iterator[Path]:
 
 
 def _cast(module: nn.Module, dtype: torch.dtype | None) -> nn.Module:
-    """On the CPU (the writers' serialisation copies from there) in ``dtype`` when given."""
-    module = module.to("cpu")
-    return module if dtype is None else module.to(dtype)
+    """In ``dtype`` when given, then on the CPU (where serialisation copies from): cast where
+    the weights are, move half the bytes. Changes ``module`` in place."""
+    if dtype is not None:
+        module = module.to(dtype)
+    return module.to("cpu")
 
 
 def write_pipeline(
