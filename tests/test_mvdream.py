@@ -1,9 +1,9 @@
 """MVDream teacher (ayg.teachers.mvdream): checkpoint conversion, multiview attention, camera
 embedding and convention, encoder gradients. Tiny random models only; nothing is downloaded.
 
-The synthetic checkpoints are written from an independent enumeration of MVDream's ldm module
-tree (``openaimodel.MultiViewUNetModel``, ldm ``AutoencoderKL``, OpenCLIP's text tower), not from
-the converter's own tables.
+The synthetic checkpoints (``ayg.teachers.synthetic``) are written from an independent
+enumeration of MVDream's ldm module tree (``openaimodel.MultiViewUNetModel``, ldm
+``AutoencoderKL``, OpenCLIP's text tower), not from the converter's own tables.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ from ayg.teachers.mvdream import (  # noqa: E402
     convert_open_clip_text,
     mvdream_cameras,
 )
+from ayg.teachers.synthetic import (  # noqa: E402
+    ldm_unet_shapes,
+    ldm_vae_shapes,
+    open_clip_shapes,
+    synthetic_checkpoint,
+    write_mvdream_port,
+    write_stand_in_tokenizer,
+)
 
 TINY = MVDreamArch(
     model_channels=32,
@@ -53,188 +61,6 @@ TINY = MVDreamArch(
     text_vocab=300,
     image_size=16,
 )
-
-
-# ----------------------------------------------------------------------------------------------
-# The official key layout, enumerated from MVDream's / ldm's / OpenCLIP's module definitions
-
-
-class _Shapes(dict):
-    def lin(self, name, i, o, bias=True):
-        self[f"{name}.weight"] = (o, i)
-        if bias:
-            self[f"{name}.bias"] = (o,)
-
-    def conv(self, name, i, o, k):
-        self[f"{name}.weight"] = (o, i, k, k)
-        self[f"{name}.bias"] = (o,)
-
-    def norm(self, name, c):
-        self[f"{name}.weight"] = (c,)
-        self[f"{name}.bias"] = (c,)
-
-
-def ldm_unet_shapes(a: MVDreamArch) -> dict[str, tuple[int, ...]]:
-    """``model.diffusion_model.*`` of MultiViewUNetModel (use_linear_in_transformer, GEGLU ff)."""
-    s, mc = _Shapes(), a.model_channels
-    temb = 4 * mc
-
-    def resblock(p, i, o):
-        s.norm(f"{p}.in_layers.0", i)
-        s.conv(f"{p}.in_layers.2", i, o, 3)
-        s.lin(f"{p}.emb_layers.1", temb, o)
-        s.norm(f"{p}.out_layers.0", o)
-        s.conv(f"{p}.out_layers.3", o, o, 3)
-        if i != o:
-            s.conv(f"{p}.skip_connection", i, o, 1)
-
-    def transformer(p, c):
-        s.norm(f"{p}.norm", c)
-        s.lin(f"{p}.proj_in", c, c)
-        for d in range(a.transformer_depth):
-            b = f"{p}.transformer_blocks.{d}"
-            for att, kv in (("attn1", c), ("attn2", a.context_dim)):
-                s.lin(f"{b}.{att}.to_q", c, c, bias=False)
-                s.lin(f"{b}.{att}.to_k", kv, c, bias=False)
-                s.lin(f"{b}.{att}.to_v", kv, c, bias=False)
-                s.lin(f"{b}.{att}.to_out.0", c, c)
-            s.lin(f"{b}.ff.net.0.proj", c, 8 * c)
-            s.lin(f"{b}.ff.net.2", 4 * c, c)
-            for n in (1, 2, 3):
-                s.norm(f"{b}.norm{n}", c)
-        s.lin(f"{p}.proj_out", c, c)
-
-    s.lin("time_embed.0", mc, temb)
-    s.lin("time_embed.2", temb, temb)
-    s.lin("camera_embed.0", a.camera_dim, temb)
-    s.lin("camera_embed.2", temb, temb)
-    s.conv("input_blocks.0.0", a.latent_channels, mc, 3)
-    chans, ch, ds, i = [mc], mc, 1, 1
-    for level, mult in enumerate(a.channel_mult):
-        for _ in range(a.num_res_blocks):
-            resblock(f"input_blocks.{i}.0", ch, mult * mc)
-            ch = mult * mc
-            if ds in a.attention_resolutions:
-                transformer(f"input_blocks.{i}.1", ch)
-            chans.append(ch)
-            i += 1
-        if level != len(a.channel_mult) - 1:
-            s.conv(f"input_blocks.{i}.0.op", ch, ch, 3)
-            chans.append(ch)
-            i += 1
-            ds *= 2
-    resblock("middle_block.0", ch, ch)
-    transformer("middle_block.1", ch)
-    resblock("middle_block.2", ch, ch)
-    i = 0
-    for level, mult in reversed(list(enumerate(a.channel_mult))):
-        for j in range(a.num_res_blocks + 1):
-            resblock(f"output_blocks.{i}.0", ch + chans.pop(), mult * mc)
-            ch = mult * mc
-            k = 1
-            if ds in a.attention_resolutions:
-                transformer(f"output_blocks.{i}.1", ch)
-                k = 2
-            if level and j == a.num_res_blocks:
-                s.conv(f"output_blocks.{i}.{k}.conv", ch, ch, 3)
-                ds //= 2
-            i += 1
-    s.norm("out.0", ch)
-    s.conv("out.2", mc, a.latent_channels, 3)
-    return dict(s)
-
-
-def ldm_vae_shapes(a: MVDreamArch) -> dict[str, tuple[int, ...]]:
-    """``first_stage_model.*`` of ldm's AutoencoderKL (Encoder / Decoder, 1×1-conv attention)."""
-    s, ch, mult, z, nrb = (
-        _Shapes(),
-        a.vae_ch,
-        a.vae_ch_mult,
-        a.latent_channels,
-        a.vae_num_res_blocks,
-    )
-
-    def res(p, i, o):
-        s.norm(f"{p}.norm1", i)
-        s.conv(f"{p}.conv1", i, o, 3)
-        s.norm(f"{p}.norm2", o)
-        s.conv(f"{p}.conv2", o, o, 3)
-        if i != o:
-            s.conv(f"{p}.nin_shortcut", i, o, 1)
-
-    def mid(p, c):
-        res(f"{p}.mid.block_1", c, c)
-        s.norm(f"{p}.mid.attn_1.norm", c)
-        for q in ("q", "k", "v", "proj_out"):
-            s.conv(f"{p}.mid.attn_1.{q}", c, c, 1)
-        res(f"{p}.mid.block_2", c, c)
-
-    s.conv("encoder.conv_in", 3, ch, 3)
-    cin = ch
-    for i, m in enumerate(mult):
-        for j in range(nrb):
-            res(f"encoder.down.{i}.block.{j}", cin, ch * m)
-            cin = ch * m
-        if i != len(mult) - 1:
-            s.conv(f"encoder.down.{i}.downsample.conv", cin, cin, 3)
-    mid("encoder", cin)
-    s.norm("encoder.norm_out", cin)
-    s.conv("encoder.conv_out", cin, 2 * z, 3)
-    s.conv("quant_conv", 2 * z, 2 * z, 1)
-    s.conv("post_quant_conv", z, z, 1)
-    cin = ch * mult[-1]
-    s.conv("decoder.conv_in", z, cin, 3)
-    mid("decoder", cin)
-    for i in reversed(range(len(mult))):
-        for j in range(nrb + 1):
-            res(f"decoder.up.{i}.block.{j}", cin, ch * mult[i])
-            cin = ch * mult[i]
-        if i != 0:
-            s.conv(f"decoder.up.{i}.upsample.conv", cin, cin, 3)
-    s.norm("decoder.norm_out", cin)
-    s.conv("decoder.conv_out", cin, 3, 3)
-    return dict(s)
-
-
-def open_clip_shapes(a: MVDreamArch) -> dict[str, tuple[int, ...]]:
-    """``cond_stage_model.model.*`` of OpenCLIP's text tower (visual tower deleted by MVDream)."""
-    s, w = _Shapes(), a.text_width
-    s["token_embedding.weight"] = (a.text_vocab, w)
-    s["positional_embedding"] = (a.text_context, w)
-    for n in range(a.text_layers):
-        p = f"transformer.resblocks.{n}"
-        s.norm(f"{p}.ln_1", w)
-        s[f"{p}.attn.in_proj_weight"] = (3 * w, w)
-        s[f"{p}.attn.in_proj_bias"] = (3 * w,)
-        s.lin(f"{p}.attn.out_proj", w, w)
-        s.norm(f"{p}.ln_2", w)
-        s.lin(f"{p}.mlp.c_fc", w, 4 * w)
-        s.lin(f"{p}.mlp.c_proj", 4 * w, w)
-    s.norm("ln_final", w)
-    s["text_projection"] = (w, w)
-    s["logit_scale"] = ()
-    return dict(s)
-
-
-def synthetic_checkpoint(a: MVDreamArch, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors (norm weights near 1) under the official prefixes, plus ldm's schedule buffers."""
-    g = torch.Generator().manual_seed(seed)
-    state: dict[str, torch.Tensor] = {}
-    for prefix, shapes in (
-        ("model.diffusion_model.", ldm_unet_shapes(a)),
-        ("first_stage_model.", ldm_vae_shapes(a)),
-        ("cond_stage_model.model.", open_clip_shapes(a)),
-    ):
-        for name, shape in shapes.items():
-            fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
-            value = torch.randn(shape, generator=g) / math.sqrt(fan_in)
-            if len(shape) == 1 and ("norm" in name or "ln_" in name):
-                value = 1.0 + 0.1 * value
-            state[prefix + name] = value
-    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
-    state["betas"] = betas.float()
-    state["alphas_cumprod"] = torch.cumprod(1 - betas, 0).float()
-    return state
 
 
 @pytest.fixture(scope="module")
@@ -428,12 +254,8 @@ def test_conversion_agrees_with_diffusers_single_file_converter(checkpoint):
         assert torch.equal(ours[k], v), k
 
 
-def test_real_size_conversion_fills_the_diffusers_modules():
-    """At MVDream's real size (meta tensors: no memory), the converted key names and shapes are
-    exactly those of the diffusers modules built from MVDreamArch()."""
-    from transformers import CLIPTextModel
-
-    arch = MVDreamArch()
+def meta_checkpoint(arch: MVDreamArch) -> dict[str, torch.Tensor]:
+    """The official layout's keys with meta tensors of the right shapes (no memory)."""
     meta = {}
     for prefix, shapes in (
         ("model.diffusion_model.", ldm_unet_shapes(arch)),
@@ -441,6 +263,57 @@ def test_real_size_conversion_fills_the_diffusers_modules():
         ("cond_stage_model.model.", open_clip_shapes(arch)),
     ):
         meta.update({prefix + k: torch.empty(s, device="meta") for k, s in shapes.items()})
+    return meta
+
+
+# shapes a checkpoint stores, all unlike MVDream's; 64-channel heads as MVDream's (not stored)
+ODD = MVDreamArch(
+    model_channels=64,
+    channel_mult=(1, 2, 3),
+    num_res_blocks=2,
+    attention_resolutions=(2,),
+    transformer_depth=2,
+    context_dim=48,
+    camera_dim=12,
+    latent_channels=3,
+    vae_ch=32,
+    vae_ch_mult=(1, 3),
+    vae_num_res_blocks=3,
+    text_width=128,
+    text_layers=3,
+    text_heads=2,
+    text_vocab=97,
+    text_context=20,
+)
+
+
+def test_arch_is_read_off_the_checkpoint_shapes():
+    assert MVDreamArch.from_checkpoint_shapes(meta_checkpoint(MVDreamArch())) == MVDreamArch()
+    assert MVDreamArch.from_checkpoint_shapes(meta_checkpoint(ODD)) == ODD
+    with pytest.raises(ValueError, match="not an MVDream checkpoint.*conv_in") as err:
+        MVDreamArch.from_checkpoint_shapes(
+            {k: v for k, v in meta_checkpoint(ODD).items() if "encoder.conv_in" not in k}
+        )
+    assert "\n" not in str(err.value)
+
+
+def test_official_checkpoint_of_another_size_loads_without_an_arch(tmp_path):
+    path = tmp_path / "sd-v2.1-base-4view.pt"
+    torch.save(synthetic_checkpoint(ODD), path)
+    t = MVDreamTeacher.from_pretrained(str(path), tokenizer=ByteTokenizer(ODD.text_vocab))
+    assert list(t.unet.config.block_out_channels) == [64, 128, 192]
+    assert t.text_encoder.config.num_hidden_layers == ODD.text_layers - 1
+    with pytest.raises(ValueError, match="not an MVDream checkpoint"):
+        MVDreamTeacher.from_state_dict({"state": torch.zeros(1)}, tokenizer=ByteTokenizer(9))
+
+
+def test_real_size_conversion_fills_the_diffusers_modules():
+    """At MVDream's real size (meta tensors: no memory), the converted key names and shapes are
+    exactly those of the diffusers modules built from MVDreamArch()."""
+    from transformers import CLIPTextModel
+
+    arch = MVDreamArch()
+    meta = meta_checkpoint(arch)
     n_unet = sum(k.startswith("model.diffusion_model.") for k in meta)
     assert n_unet == 686 + 4  # SD 2.1's UNet + the camera MLP
     with torch.device("meta"):
@@ -486,34 +359,24 @@ def test_text_embeddings_match_open_clip_penultimate_layer(teacher, checkpoint):
 
 
 def test_diffusers_port_layout(tmp_path, checkpoint):
-    """A diffusers-format port with MVDream's own UNet layout (ldm-style unet/config.json)."""
-    from safetensors.torch import save_file
+    """A diffusers-format port with MVDream's own UNet layout (ldm-style unet/config.json, ldm
+    tensor names), written by ``write_mvdream_port`` with a stand-in CLIP tokenizer."""
+    from safetensors import safe_open
     from transformers import CLIPTextModel
 
-    src = MVDreamTeacher.from_state_dict(checkpoint, TINY, ByteTokenizer(TINY.text_vocab))
-    (tmp_path / "unet").mkdir()
-    ldm_cfg = dict(
-        image_size=8, in_channels=4, out_channels=4, model_channels=TINY.model_channels,
-        channel_mult=list(TINY.channel_mult), num_res_blocks=TINY.num_res_blocks,
-        attention_resolutions=list(TINY.attention_resolutions), num_head_channels=TINY.num_head_channels,
-        transformer_depth=1, context_dim=TINY.context_dim, camera_dim=16,
-    )  # fmt: skip
-    (tmp_path / "unet" / "config.json").write_text(
-        json.dumps({"_class_name": "MultiViewUNetModel", **ldm_cfg})
-    )
-    unet_ldm = {
-        k.removeprefix("model.diffusion_model."): v.contiguous()
-        for k, v in checkpoint.items()
-        if k.startswith("model.diffusion_model.")
-    }
-    save_file(unet_ldm, str(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"))
-    src.vae.save_pretrained(tmp_path / "vae")
-    src.text_encoder.save_pretrained(tmp_path / "text_encoder")
-    t = MVDreamTeacher.from_pretrained(str(tmp_path), tokenizer=ByteTokenizer(TINY.text_vocab))
+    tokenizer = write_stand_in_tokenizer(tmp_path / "tok")
+    src = MVDreamTeacher.from_state_dict(checkpoint, TINY, tokenizer)
+    port = write_mvdream_port(tmp_path / "port", checkpoint, TINY, tokenizer)
+    config = json.loads((port / "unet" / "config.json").read_text())
+    assert config["model_channels"] == TINY.model_channels and "block_out_channels" not in config
+    with safe_open(str(port / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert "input_blocks.0.0.weight" in f.keys() and "camera_embed.0.weight" in f.keys()
+    t = MVDreamTeacher.from_pretrained(str(port))  # tokenizer from the port's tokenizer/
     for k, v in src.unet.state_dict().items():
         torch.testing.assert_close(t.unet.state_dict()[k], v, atol=0, rtol=0)
     assert isinstance(t.text_encoder, CLIPTextModel)
-    torch.testing.assert_close(t.embed(["x"]), src.embed(["x"]))
+    torch.testing.assert_close(t.embed(["a cat"]), src.embed(["a cat"]))
+    torch.testing.assert_close(t.alphas_cumprod(), src.alphas_cumprod())
     assert t.image_size == 256  # MVDream's resolution unless told otherwise
 
 
@@ -548,6 +411,16 @@ def test_diffusers_port_with_separate_camera_projection(tmp_path, teacher):
         torch.testing.assert_close(
             t.predict_noise(noisy, tt, emb, cond), teacher.predict_noise(noisy, tt, emb, cond)
         )
+
+
+def test_official_checkpoint_without_the_tokenizer_cached_is_one_clear_line(tmp_path, checkpoint):
+    path = tmp_path / "sd-v2.1-base-4view.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(TeacherNotAvailable) as err:
+        MVDreamTeacher.from_pretrained(str(path), local_files_only=True, cache_dir=tmp_path / "hub")
+    msg = str(err.value)
+    assert "stabilityai/stable-diffusion-2-1-base" in msg and "tokenizer" in msg
+    assert "hf download" in msg and "\n" not in msg
 
 
 def test_missing_model_offline_is_one_clear_line(tmp_path):

@@ -3,8 +3,6 @@ randomly initialised models built here; nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -12,11 +10,12 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet3DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
 from ayg.distill import Conditioning, Teacher, TeacherTerm, distill_loss  # noqa: E402
 from ayg.teachers.hub import TeacherNotAvailable, hub_file  # noqa: E402
 from ayg.teachers.stable_diffusion import StableDiffusionTeacher, eps_from_prediction  # noqa: E402
+from ayg.teachers.synthetic import write_pipeline, write_stand_in_tokenizer  # noqa: E402
 from ayg.teachers.video import VideoTeacher, takes_fps  # noqa: E402
 
 D = 32  # text width = cross-attention width
@@ -35,14 +34,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tok")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for ch in "abcdefghijklmnopqrstuvwxyz,":
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=L)
+    return write_stand_in_tokenizer(tmp_path_factory.mktemp("tok"), max_length=L)
 
 
 def tiny_text_encoder() -> CLIPTextModel:
@@ -394,11 +386,7 @@ def test_from_pretrained_reads_a_local_diffusers_layout(tmp_path, tokenizer, emp
     torch.manual_seed(0)
     root = tmp_path / "tiny-sd"
     unet, vae, text_encoder = tiny_unet2d(), tiny_vae(), tiny_text_encoder()
-    unet.save_pretrained(root / "unet")  # safetensors
-    vae.save_pretrained(root / "vae")
-    text_encoder.save_pretrained(root / "text_encoder")
-    tokenizer.save_pretrained(root / "tokenizer")
-    scheduler().save_config(root / "scheduler")
+    write_pipeline(root, unet, vae, text_encoder, tokenizer, scheduler())  # safetensors
     teacher = StableDiffusionTeacher.from_pretrained(
         str(root), local_files_only=True, resolution=RES
     )

@@ -196,6 +196,21 @@ def _load_checkpoint(path: Path | None, phase: str, keys: tuple[str, ...]) -> di
     return ckpt
 
 
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start the phase's peak of allocated GPU memory from what is allocated now (the weights)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _phase_record(device: torch.device, t0: float, skipped: int) -> dict[str, float]:
+    """The end-of-phase line of losses.jsonl: wall seconds of the steps run, skipped steps and,
+    on CUDA, the phase's peak of allocated memory in GiB (weights included)."""
+    rec = {"seconds": time.perf_counter() - t0, "skipped_steps": skipped}
+    if device.type == "cuda":
+        rec["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return rec
+
+
 def _end_of_step(
     ctx: RunContext,
     bar,
@@ -318,6 +333,7 @@ def run_stage1(
         raise ValueError("stage 1 needs at least one of the multiview and image teachers")
 
     bar = _progress(cfg.steps, start, phase, ctx.progress)
+    _reset_peak_memory(device)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         update_learning_rate(optimizer, lr, step)
@@ -397,7 +413,7 @@ def run_stage1(
         )
     if bar is not None:
         bar.close()
-    ctx.log.write(phase, cfg.steps, {"seconds": time.perf_counter() - t0, "skipped_steps": skipped})
+    ctx.log.write(phase, cfg.steps, _phase_record(device, t0, skipped))
     return cloud.detached()
 
 
@@ -525,6 +541,7 @@ def run_stage2(
 
     B, F, H, W = cfg.batch, cfg.frames, cfg.height, cfg.width
     bar = _progress(cfg.steps, start, phase, ctx.progress)
+    _reset_peak_memory(device)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         fps, tau = fps_sampler.sample(B, generator, device)  # (B,), (B, F)
@@ -599,5 +616,5 @@ def run_stage2(
     if bar is not None:
         bar.close()
     trained.requires_grad_(False)
-    ctx.log.write(phase, cfg.steps, {"seconds": time.perf_counter() - t0, "skipped_steps": skipped})
+    ctx.log.write(phase, cfg.steps, _phase_record(device, t0, skipped))
     return motion

@@ -30,13 +30,14 @@ feeds (its c2w is z-up with OpenGL axes).
 Checkpoints. (1) The official file ``MVDream/MVDream:sd-v2.1-base-4view.pt`` (ldm key layout:
 ``model.diffusion_model.*``, ``first_stage_model.*``, ``cond_stage_model.model.*`` = OpenCLIP
 ViT-H/14 text tower) is converted on load (:func:`convert_ldm_unet`, :func:`convert_ldm_vae`,
-:func:`convert_open_clip_text`); every tensor must land, or loading fails. Like SD 2.x, MVDream
-conditions on OpenCLIP's penultimate layer followed by ``ln_final``: the CLIPTextModel built
-here has one layer fewer than OpenCLIP, so its ``last_hidden_state`` is that output. The
-tokenizer is SD 2.1's (the same BPE; pads with id 0 like ``open_clip.tokenize``). (2) diffusers
-ports (a directory or Hub repo with ``unet/ vae/ text_encoder/ tokenizer/``): the UNet either
-in MVDream's own layout with an ldm-style config (ashawkey/mvdream-sd2.1-diffusers) or as a
-diffusers UNet with the camera MLP in ``unet`` (``class_embedding``) or in ``camera_proj/``.
+:func:`convert_open_clip_text`), its shapes read off the tensors; every tensor must land, or
+loading fails. Like SD 2.x, MVDream conditions on OpenCLIP's penultimate layer followed by
+``ln_final``: the CLIPTextModel built here has one layer fewer than OpenCLIP, so its
+``last_hidden_state`` is that output. The tokenizer is SD 2.1's (the same BPE; pads with id 0
+like ``open_clip.tokenize``). (2) diffusers ports (a directory or Hub repo with ``unet/ vae/
+text_encoder/ tokenizer/``): the UNet either in MVDream's own layout with an ldm-style config
+(ashawkey/mvdream-sd2.1-diffusers) or as a diffusers UNet with the camera MLP in ``unet``
+(``class_embedding``) or in ``camera_proj/``.
 """
 
 from __future__ import annotations
@@ -198,6 +199,85 @@ class MVDreamArch:
             context_dim=int(cfg["context_dim"]),
             camera_dim=int(cfg.get("camera_dim") or 16),
             latent_channels=int(cfg.get("in_channels", 4)),
+        )
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
+    def from_checkpoint_shapes(cls, state: Mapping[str, Tensor], **overrides: Any) -> MVDreamArch:
+        """The shapes of an official (ldm-layout) checkpoint, read off its tensors: the UNet's
+        width, levels, residual blocks per level, attention levels, transformer depth, text and
+        camera widths; the VAE's widths and blocks; the text tower's width, depth, vocabulary
+        and context. What weights do not store keeps MVDream's value: 64 channels per attention
+        head (UNet and OpenCLIP), GroupNorm32, the VAE scale, 256×256 images, the schedule."""
+        u, f, c = "model.diffusion_model.", "first_stage_model.", "cond_stage_model.model."
+
+        def shape(key: str) -> tuple[int, ...]:
+            if key not in state:
+                raise ValueError(
+                    f"not an MVDream checkpoint in the official ldm layout: no tensor {key!r}"
+                )
+            return tuple(state[key].shape)
+
+        model_channels, latent_channels = shape(u + "input_blocks.0.0.weight")[:2]
+        # input blocks: residual blocks (with a transformer on attention levels) until a
+        # downsampler closes the level; the last level has none
+        mult: list[int] = []
+        attention_levels: list[int] = []
+        blocks = [0]
+        i = 1
+        while True:
+            if f"{u}input_blocks.{i}.0.op.weight" in state:
+                blocks.append(0)
+                i += 1
+                continue
+            out = f"{u}input_blocks.{i}.0.out_layers.3.weight"
+            if out not in state:
+                break
+            level = len(blocks) - 1
+            if blocks[-1] == 0:
+                mult.append(shape(out)[0] // model_channels)
+                if f"{u}input_blocks.{i}.1.proj_in.weight" in state:
+                    attention_levels.append(level)
+            blocks[-1] += 1
+            i += 1
+        if not mult or len(set(blocks)) != 1:
+            raise ValueError(
+                f"MVDream checkpoint: residual blocks per UNet level {blocks} are not all equal"
+            )
+        mid = f"{u}middle_block.1.transformer_blocks."
+        depth = 0
+        while f"{mid}{depth}.attn1.to_q.weight" in state:
+            depth += 1
+        vae_ch = shape(f + "encoder.conv_in.weight")[0]
+        vae_mult = []
+        while f"{f}encoder.down.{len(vae_mult)}.block.0.conv1.weight" in state:
+            key = f"{f}encoder.down.{len(vae_mult)}.block.0.conv1.weight"
+            vae_mult.append(shape(key)[0] // vae_ch)
+        vae_blocks = 0
+        while f"{f}encoder.down.0.block.{vae_blocks}.conv1.weight" in state:
+            vae_blocks += 1
+        text_vocab, text_width = shape(c + "token_embedding.weight")
+        text_layers = 0
+        while f"{c}transformer.resblocks.{text_layers}.ln_1.weight" in state:
+            text_layers += 1
+        fields = dict(
+            model_channels=model_channels,
+            channel_mult=tuple(mult),
+            num_res_blocks=blocks[0],
+            attention_resolutions=tuple(sorted((2**lv for lv in attention_levels), reverse=True)),
+            transformer_depth=depth,
+            context_dim=shape(mid + "0.attn2.to_k.weight")[1],
+            camera_dim=shape(u + "camera_embed.0.weight")[1],
+            latent_channels=latent_channels,
+            vae_ch=vae_ch,
+            vae_ch_mult=tuple(vae_mult),
+            vae_num_res_blocks=vae_blocks,
+            text_width=text_width,
+            text_layers=text_layers,
+            text_heads=max(text_width // 64, 1),
+            text_vocab=text_vocab,
+            text_context=shape(c + "positional_embedding")[0],
         )
         fields.update(overrides)
         return cls(**fields)
@@ -663,12 +743,13 @@ class MVDreamTeacher:
         dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> MVDreamTeacher:
-        """From a state dict in the official ldm layout (see the module docstring). Without a
-        tokenizer, SD 2.1's is loaded from the Hugging Face cache."""
+        """From a state dict in the official ldm layout (see the module docstring); without
+        ``arch``, the shapes are read off the tensors (:meth:`MVDreamArch.from_checkpoint_shapes`).
+        Without a tokenizer, SD 2.1's is loaded from the Hugging Face cache."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        arch = arch or MVDreamArch()
+        arch = arch or MVDreamArch.from_checkpoint_shapes(state)
         unet = _build_loaded(
             lambda: UNet2DConditionModel(**arch.unet_config()), convert_ldm_unet(state, arch)
         )
@@ -888,9 +969,12 @@ class MVDreamTeacher:
 
 
 def sd_tokenizer(model_id: str = DEFAULT_TOKENIZER_ID, **hub: Any) -> Any:
-    """SD 2.1's CLIP tokenizer (OpenCLIP's BPE vocabulary, 77 tokens, padded with id 0)."""
+    """SD 2.1's CLIP tokenizer (OpenCLIP's BPE vocabulary, 77 tokens, padded with id 0).
+    Its config is looked up first: offline, transformers returns an empty tokenizer for a model
+    that is not in the cache instead of failing."""
     from transformers import CLIPTokenizer
 
+    hub_file(model_id, "tokenizer/tokenizer_config.json", **hub)  # TeacherNotAvailable if missing
     return load_component(CLIPTokenizer.from_pretrained, model_id, "tokenizer", **hub)
 
 
