@@ -595,6 +595,8 @@ class Manifest:
                 "error": None,
                 "attempts": 0,
                 "wall_s": None,
+                "start": None,  # seconds since the epoch: first attempt's start, the end
+                "end": None,
                 "device": None,
                 "host": None,
                 "peak_memory_mb": None,
@@ -609,8 +611,9 @@ class Manifest:
             if complete:
                 prev = old.get(job.name, {})
                 if prev.get("status") == "done":
-                    for key in ("attempts", "wall_s", "device", "host", "peak_memory_mb"):
+                    for key in ("attempts", "wall_s", "start", "end", "device", "host"):
                         rec[key] = prev.get(key)
+                    rec["peak_memory_mb"] = prev.get("peak_memory_mb")
                 rec["status"] = "done"
                 if evaluate:
                     rec["metrics"] = _metrics_summary(
@@ -653,6 +656,8 @@ class Manifest:
             error=result.get("error"),
             metrics=result.get("metrics"),
             wall_s=None if start is None or end is None else round(end - start, 3),
+            start=start,
+            end=end,
         )
         for key in ("device", "host", "peak_memory_mb"):
             if result.get(key) is not None:
