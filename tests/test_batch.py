@@ -285,3 +285,51 @@ def test_seeds_expand_lines_without_a_seed(tmp_path):
         ("cube", 5),
     ]
     assert jobs[0].config().stage2.steps == 3 and jobs[2].config().seed == 5
+
+
+class FakeRay:
+    """The two cluster queries ``placement`` makes, for clusters this machine does not have."""
+
+    def __init__(self, nodes: list[dict[str, float]]):
+        self._nodes = nodes
+
+    def nodes(self):
+        return [{"Alive": True, "Resources": r} for r in self._nodes]
+
+    def cluster_resources(self):
+        total: dict[str, float] = {}
+        for r in self._nodes:
+            for k, v in r.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+
+def test_placement_gpu_shares_cpu_workers_and_limits():
+    from ayg.batch import Placement, placement
+
+    gpus = FakeRay([{"CPU": 16, "GPU": 1}, {"CPU": 16, "GPU": 1}])
+    assert placement(gpus, BatchConfig()) == Placement(True, 1.0, 1, None)
+    assert placement(gpus, BatchConfig(gpus_per_job=0.25)) == Placement(True, 0.25, 1, None)
+    # --workers forces CPU jobs, the cluster's CPUs split between them
+    assert placement(gpus, BatchConfig(workers=4)) == Placement(False, 0, 8, 4)
+    cpus = FakeRay([{"CPU": 2}])
+    assert placement(cpus, BatchConfig()) == Placement(False, 0, 2, 1)
+    assert placement(cpus, BatchConfig(workers=2)) == Placement(False, 0, 1, 2)
+    with pytest.raises(ValueError, match="Ray sees none"):
+        placement(cpus, BatchConfig(gpus_per_job=0.5))
+    with pytest.raises(ValueError, match="largest Ray node has 16"):
+        placement(gpus, BatchConfig(cpus_per_job=20))
+
+
+def test_gpu_job_without_cuda_fails_in_one_line(tmp_path):
+    import torch
+
+    from ayg.batch import run_job
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    job = read_spec(write_spec(tmp_path / "s.txt", ["a red ball"]), "tiny")[0]
+    result = run_job(job, str(tmp_path / "out"), gpu=True)
+    assert result["status"] == "failed" and result["device"] == "gpu"
+    assert result["error"] == "this job was given a GPU but CUDA is not available in its worker"
+    assert "Traceback" in (tmp_path / "out" / "a-red-ball-s0" / "job.log").read_text()
