@@ -40,6 +40,10 @@ from pathlib import Path
 
 from ayg.io_utils import write_json
 
+# Ray's memory monitor kills a task when the node's memory passes 95 %, whoever uses it; on a
+# shared machine that turns into a resumed job and a wrong figure, so the benchmark turns it off
+NO_MEMORY_MONITOR = {"RAY_memory_monitor_refresh_ms": "0"}
+
 
 def prompts(n: int) -> list[str]:
     from ayg.toyworld.vocab import COLOURS, MOTIONS, SHAPES
@@ -176,7 +180,7 @@ def main() -> None:
     if args.kind == "cpu":
         for w in ints(args.workers):
             # CUDA hidden: the CPU figure must not depend on a GPU being present
-            env = {"CUDA_VISIBLE_DEVICES": ""}
+            env = {"CUDA_VISIBLE_DEVICES": "", **NO_MEMORY_MONITOR}
             rows.append(measure(args, spec, f"cpu-workers{w}-n{n}", ["--workers", str(w)], env, []))
             print(table(rows[-1:]), flush=True)
     else:
@@ -187,7 +191,7 @@ def main() -> None:
             if k > len(ids):
                 raise SystemExit(f"--gpus {k}: this machine has {len(ids)} GPU(s)")
             use = ids[:k]
-            env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in use)}
+            env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in use), **NO_MEMORY_MONITOR}
             for g in floats(args.gpus_per_job):
                 key = f"gpu{k}-share{g:g}-n{n}"
                 rows.append(measure(args, spec, key, ["--gpus-per-job", str(g)], env, use))

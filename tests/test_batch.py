@@ -62,7 +62,11 @@ def options(**kw) -> BatchConfig:
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local Ray for the module: 2 CPUs, no GPU, no dashboard; stopped at the end."""
+    """One local Ray for the module: 2 CPUs, no GPU, no dashboard; stopped at the end. Ray's
+    memory monitor is off: on a shared machine it kills tasks for other processes' memory,
+    which would add retries the assertions below do not expect."""
+    saved = os.environ.get("RAY_memory_monitor_refresh_ms")
+    os.environ["RAY_memory_monitor_refresh_ms"] = "0"  # read by the raylet ray.init starts
     ray.init(
         address="local",
         num_cpus=2,
@@ -74,6 +78,10 @@ def cluster():
     )
     yield ray
     ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_memory_monitor_refresh_ms", None)
+    else:
+        os.environ["RAY_memory_monitor_refresh_ms"] = saved
 
 
 @pytest.fixture(scope="module")

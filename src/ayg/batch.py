@@ -827,7 +827,9 @@ def _schedule(ray, cfg, root, todo, manifest: Manifest, bar: _Bar, callback) -> 
     from ray.util.queue import Queue
 
     where = placement(ray, cfg)
-    reporter = Queue(actor_options={"num_cpus": 0})
+    # restarted by Ray if its process dies (the memory monitor may pick it): reports are a
+    # courtesy, but the bar and the attempt counts need them
+    reporter = Queue(actor_options={"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1})
     task = ray.remote(run_job).options(
         num_cpus=where.num_cpus,
         num_gpus=where.num_gpus,
