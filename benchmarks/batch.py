@@ -16,10 +16,13 @@ another, each a fresh ``ayg batch`` command with its own local Ray:
 For every configuration: the command's wall time (Ray's start and the workers' imports
 included), the span from the first job's start to the last job's end (from the manifest), jobs
 per hour over each, the mean job time, and for GPU runs the peak memory of each GPU in use
-(``nvidia-smi`` sampled every 0.5 s) and the largest per-job ``torch.cuda.max_memory_allocated``.
+(``nvidia-smi`` sampled every 0.5 s) and the largest per-job ``torch.cuda.max_memory_allocated``,
+and "res": how many job attempts were resumes after a worker died (their recomputed steps are
+in the figure; 0 for a clean measurement).
 With several GPU counts, scaling efficiency is jobs-per-hour(k GPUs) / (k × jobs-per-hour(1 GPU))
-at the same ``--gpus-per-job`` and number of jobs. Every configuration runs the same prompts (seed 0), chosen
-round-robin over the four shapes so that no configuration gets only the slow balls.
+at the same ``--gpus-per-job`` and number of jobs. Every configuration runs the same prompts
+(seed 0), chosen round-robin over the four shapes so that no configuration gets only the slow
+balls.
 
 ``--json`` accumulates: rows of configurations measured earlier stay in the file (a row is
 replaced when the same configuration is measured again), so the GPU settings can be measured in
@@ -93,7 +96,7 @@ def measure(args, spec: Path, key: str, flags: list[str], env: dict[str, str], g
     if out.exists():
         shutil.rmtree(out)  # a throughput figure from a fresh batch, never a resumed one
     cmd = [sys.executable, "-m", "ayg.cli", "batch", str(spec), "--out", str(out)]
-    cmd += ["--preset", args.preset, "--no-progress", *flags]
+    cmd += ["--preset", args.preset, "--no-progress", "--retries", str(args.retries), *flags]
     for item in args.set or []:
         cmd += ["--set", item]
     monitor = GpuMemory(gpus) if gpus else None
@@ -125,6 +128,12 @@ def measure(args, spec: Path, key: str, flags: list[str], env: dict[str, str], g
         "jobs_per_hour": round(len(done) / wall * 3600, 2),
         "jobs_per_hour_span": round(len(done) / span * 3600, 2),
         "mean_job_s": round(sum(r["wall_s"] for r in done) / len(done), 1),
+        # a job whose worker died (OOM killer, memory monitor) resumed from its checkpoint:
+        # its recomputed steps are in the figure
+        "resumed_attempts": sum(
+            (out / r["outputs"]["log"]).read_text().count(" start: ") for r in done
+        )
+        - len(done),
         "gpu_peak_mib": None if monitor is None else monitor.peak,
         "job_peak_allocated_mib": round(max(peaks), 1) if peaks else None,
         "host_cpus": os.cpu_count(),
@@ -142,7 +151,7 @@ def ints(text: str) -> list[int]:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'config':<22} {'jobs':>4} {'wall s':>8} {'span s':>8} {'jobs/h':>8} {'jobs/h span':>11} {'job s':>7} {'eff':>5}  GPU peak MiB"
+    head = f"{'config':<22} {'jobs':>4} {'wall s':>8} {'span s':>8} {'jobs/h':>8} {'jobs/h span':>11} {'job s':>7} {'eff':>5} {'res':>3}  GPU peak MiB"
     lines = [head, "-" * len(head)]
     for r in rows:
         eff = "" if r.get("scaling_efficiency") is None else f"{r['scaling_efficiency']:.2f}"
@@ -154,7 +163,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"{r['config']:<22} {r['jobs']:>4} {r['wall_s']:>8.1f} {r['span_s']:>8.1f} "
             f"{r['jobs_per_hour']:>8.2f} {r['jobs_per_hour_span']:>11.2f} {r['mean_job_s']:>7.1f} "
-            f"{eff:>5}  {peak}"
+            f"{eff:>5} {r.get('resumed_attempts', 0):>3}  {peak}"
         )
     return "\n".join(lines)
 
@@ -168,6 +177,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=None, help="jobs per configuration")
     ap.add_argument("--preset", default="toy")
     ap.add_argument("--set", action="append", help="config override for every job (repeatable)")
+    ap.add_argument("--retries", type=int, default=5, help="ayg batch --retries")
     ap.add_argument("--out", default="runs/bench-batch")
     ap.add_argument("--json", default=None, help="results file (rows accumulate)")
     args = ap.parse_args()
