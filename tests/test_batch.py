@@ -163,7 +163,7 @@ def test_killed_worker_is_retried_and_resumes(reference, tmp_path):
             os.kill(os.getpid(), signal.SIGKILL)
 
     root = tmp_path / "run"
-    summary = run_batch(jobs_of(spec), root, options(evaluate=True), callback=kill_once)
+    summary = run_batch(jobs_of(spec), root, options(), callback=kill_once)
     assert marker.exists()
     assert summary["done"] == 4 and summary["failed"] == 0
     rec = {r["name"]: r for r in manifest(root)}
@@ -184,8 +184,6 @@ def test_killed_worker_is_retried_and_resumes(reference, tmp_path):
     assert len(ref_files) == 4 * 3 + 2 + 1 + 3  # asset, stage1, preview; extension; exports
     for rel in ref_files:
         assert (root / rel).read_bytes() == (ref_root / rel).read_bytes(), rel
-    for name in NAMES:
-        assert rec[name]["metrics"] == manifest(ref_root)[NAMES.index(name)]["metrics"]
 
 
 @pytest.mark.slow
