@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from ayg import __version__
-from ayg.config import MAX_RENDER_SIDE, PRESETS
+from ayg.config import MAX_RENDER_SIDE, PRESETS, BatchConfig
 
 MAX_FRAMES = 10_000  # frames of one video or export
 MAX_VIEWS = 64  # cameras of one tracks export
@@ -471,6 +471,36 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    """``ayg batch``: the jobs of a spec on Ray (``ayg.batch``). Exit 0 when every job is done,
+    1 when some failed (each failure is in the manifest), 2 for bad input."""
+    from ayg.batch import import_ray, parse_seeds, read_spec, run_batch
+    from ayg.config import validate_batch
+
+    import_ray()  # without Ray: one line saying how to install it
+    bcfg = BatchConfig(
+        workers=args.workers,
+        gpus_per_job=args.gpus_per_job,
+        cpus_per_job=args.cpus_per_job,
+        ray_address=args.ray_address,
+        retries=args.retries,
+        evaluate=args.eval,
+        progress=not args.no_progress,
+    )
+    validate_batch(bcfg)
+    jobs = read_spec(args.spec, args.preset, parse_seeds(args.seeds), args.set or [])
+    try:
+        summary = run_batch(jobs, args.out, bcfg)
+    except KeyboardInterrupt:
+        print("ayg: interrupted; run the same command again to resume the batch", file=sys.stderr)
+        return 130
+    print(
+        f"batch: {summary['done']} done, {summary['failed']} failed of {summary['jobs']} jobs "
+        f"({summary['ran']} run now); manifest {summary['manifest']}"
+    )
+    return 0 if summary["failed"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ayg",
@@ -624,6 +654,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default=None, help="--clip: auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "batch", help="many prompts x seeds on Ray: every local GPU, or a Ray cluster"
+    )
+    p.add_argument(
+        "spec", help='text file (one prompt a line) or JSON lines ({"prompt", "seed", ...})'
+    )
+    p.add_argument("--out", required=True, help="batch directory: one run directory per job")
+    p.add_argument(
+        "--preset", default="paper", help=f"one of {', '.join(PRESETS)} (default: paper)"
+    )
+    p.add_argument(
+        "--seeds", default=None, help="seeds of lines without one, e.g. 0,1,2 or 0-3 (default: 0)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field for every job (repeatable)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run CPU jobs, N at a time (default: one job per GPU)",
+    )
+    p.add_argument(
+        "--gpus-per-job",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPU share of a job, e.g. 0.5 for two jobs per GPU (default: 1)",
+    )
+    p.add_argument(
+        "--cpus-per-job",
+        type=int,
+        default=None,
+        metavar="C",
+        help="CPU cores of a job (default: 1 for GPU jobs, the cores split over --workers)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="an existing Ray cluster, HOST:PORT or auto (default: start Ray here)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        metavar="R",
+        default=BatchConfig.retries,
+        help=f"reruns of a job whose worker died (default: {BatchConfig.retries})",
+    )
+    p.add_argument("--eval", action="store_true", help="ayg eval metrics of every asset")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_batch)
     return parser
 
 

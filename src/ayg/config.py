@@ -596,6 +596,12 @@ def validate(cfg: RunConfig) -> None:
     _check_range("stage2.elevation_offset_range", s2.elevation_offset_range, -180.0, 180.0)
     _check_range("stage2.azimuth_offset_range", s2.azimuth_offset_range, -360.0, 360.0)
     _check_int("stage2.image_frames", s2.image_frames, 1, s2.frames)
+    _check_number("stage2.fps_frame_step", s2.fps_frame_step, 0.0, low_open=True)
+    if (s2.frames - 1) * s2.fps_frame_step > 3.0 + 1e-9:
+        raise ValueError(
+            f"{_field('stage2.fps_frame_step')} times (stage2.frames - 1) must be <= 3 (C.3: the "
+            f"last frame inside [0, 1]), got {s2.fps_frame_step} for {s2.frames} frames"
+        )
     _check_choice("stage2.mode", s2.mode, ("csd", "sds"))
 
     ft = cfg.finetune
@@ -616,3 +622,86 @@ def validate(cfg: RunConfig) -> None:
         )
     _check_int("output.checkpoint_every", o.checkpoint_every, 1, MAX_STEPS)
     _check_int("output.log_every", o.log_every, 1, MAX_STEPS)
+
+
+# ----------------------------------------------------------------------------- batch
+
+
+EXPORT_FORMATS = ("tracks", "ply-frames", "video")
+
+
+@dataclass
+class ExportConfig:
+    """One export of a batch job (the options of ``ayg export``)."""
+
+    format: str = "tracks"  # one of EXPORT_FORMATS
+    frames: int = 16  # evenly spaced global times over the asset's duration
+    times: tuple[float, ...] | None = None  # explicit global times (override ``frames``)
+    views: int = 4  # tracks: orbit cameras to project into (0: positions only)
+    width: int = 256
+    height: int = 256
+    fps: int = 12  # video
+
+
+@dataclass
+class BatchConfig:
+    """How ``ayg batch`` places its jobs on Ray."""
+
+    workers: int | None = None  # CPU jobs, this many at a time (None: GPU jobs when there are GPUs)
+    gpus_per_job: float | None = None  # GPU share each job asks for, in (0, 1]; None: 1
+    cpus_per_job: int | None = None  # CPU cores (torch threads) per job; None: see ayg.batch
+    ray_address: str | None = None  # an existing cluster; None: start Ray on this machine
+    retries: int = 2  # times Ray reruns a job whose worker died (SIGKILL, OOM killer)
+    evaluate: bool = False  # ayg eval metrics of each generated asset
+    progress: bool = True
+
+
+def validate_batch(cfg: BatchConfig) -> None:
+    """Boundary checks of the batch options, one clear line each."""
+    if cfg.workers is not None and cfg.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {cfg.workers}")
+    if cfg.gpus_per_job is not None and not 0 < cfg.gpus_per_job <= 1:
+        raise ValueError(
+            f"--gpus-per-job must be in (0, 1], e.g. 0.5 for two jobs per GPU, got {cfg.gpus_per_job}"
+        )
+    if cfg.workers is not None and cfg.gpus_per_job is not None:
+        raise ValueError(
+            "--workers runs CPU jobs and --gpus-per-job GPU jobs; give one of them, not both"
+        )
+    if cfg.cpus_per_job is not None and cfg.cpus_per_job < 1:
+        raise ValueError(f"--cpus-per-job must be >= 1, got {cfg.cpus_per_job}")
+    if cfg.retries < 0:
+        raise ValueError(f"--retries must be >= 0, got {cfg.retries}")
+
+
+def export_config(d: dict[str, Any], where: str = "export") -> ExportConfig:
+    """An ``ExportConfig`` from a mapping (a batch spec's export entry), checked field by field."""
+    cfg = ExportConfig()
+    d = dict(d)
+    times = d.pop("times", None)  # optional list: not a field _update can type from its default
+    _update(cfg, d, f"{where}.")
+    if times is not None:
+        if not isinstance(times, (list, tuple)) or not times:
+            raise ValueError(f"{where}: times must be a list of global times, got {times!r}")
+        cfg.times = tuple(times)
+    if cfg.format not in EXPORT_FORMATS:
+        raise ValueError(
+            f"{where}: format must be one of {', '.join(EXPORT_FORMATS)}, got '{cfg.format}'"
+        )
+    for name in ("frames", "width", "height", "fps"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{where}: {name} must be > 0, got {getattr(cfg, name)}")
+    if cfg.views < 0:
+        raise ValueError(f"{where}: views must be >= 0, got {cfg.views}")
+    if cfg.format == "video" and (cfg.width % 2 or cfg.height % 2):
+        raise ValueError(
+            f"{where}: a video needs an even width and height, got {cfg.width}x{cfg.height}"
+        )
+    if cfg.times is not None and (
+        not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in cfg.times)
+        or min(cfg.times) < 0
+    ):
+        raise ValueError(
+            f"{where}: times must be a list of global times >= 0, got {list(cfg.times)}"
+        )
+    return cfg
