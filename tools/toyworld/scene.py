@@ -1,5 +1,5 @@
 """The toy world's ground truth: implicit solids, their motions, and an analytic ray-marching
-renderer that is independent of the Gaussian rasterizer (DESIGN §7).
+renderer that is independent of the Gaussian rasterizer.
 
 Objects (object space = world space, z up, centred at the origin, radius ≈ 0.5):
 
@@ -17,15 +17,15 @@ alternates sectors about its own axis (x) instead, since it has no extent around
 Lambert with a fixed world light plus an ambient term, so it is view-independent (a static
 Gaussian cloud can reproduce it).
 
-Cubes and rings have quarters and a tint of 0.5; balls and cones, eighths and a tint of 0.65
-(sessions 1–8 gave every shape quarters and 0.5). A turned cube or ring changes its silhouette,
-but a turned ball or cone, round about the spin axis, shows its spin only through the tone
-boundaries: at the video teacher's 24×40 a 30° turn of quarters at 0.5 changed 0.008 (ball)
-and 0.006 (cone) per pixel, against 0.03 for a cube or ring (`benchmarks/toy_spin_visibility.py`,
-docs/RESULTS.md), and distilled cones stayed still. Eighths at 0.65 give 0.020 and 0.013, and in
-a world that gave every shape eighths, six distilled cones in twelve spun instead of one; the
-cubes there did worse, so cubes and rings keep what they had. A period of 90° still turns less
-than half a period between two frames of any clip, so the direction of a spin stays readable.
+Cubes and rings have quarters and a tint of 0.5; balls and cones, eighths and a tint of 0.65.
+A turned cube or ring changes its silhouette, but a turned ball or cone, round about the spin
+axis, shows its spin only through the tone boundaries: at the video teacher's 24×40 a 30° turn
+of quarters at 0.5 changes 0.008 (ball) and 0.006 (cone) per pixel, against 0.03 for a cube or
+ring (``experiments/toy_spin_visibility.py``), and with that pattern distilled cones stayed
+still. Eighths at 0.65 give 0.020 and 0.013 and let cones spin; on cubes they made spins and
+sways harder to tell apart, so cubes and rings keep quarters (docs/RESULTS.md). A period of 90°
+still turns less than half a period between two frames of any clip, so the direction of a spin
+stays readable.
 
 Motions, as functions of τ (any real; a segment uses [0, 1]); τ = 0 is always the rest pose:
 
