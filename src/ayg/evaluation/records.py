@@ -44,11 +44,12 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
-def source_commit() -> str | None:
-    """The short commit of the ``ayg`` source that is running, with "-dirty" when tracked files
-    differ from it; None when this package is not a tracked file of a git checkout (an
-    installed wheel), so a record never names a commit its code did not come from."""
-    here = Path(__file__).resolve().parents[1]  # the ayg package directory
+def source_commit(package_dir: str | os.PathLike | None = None) -> str | None:
+    """The short commit of the source in ``package_dir`` (default: the running ``ayg``
+    package), with "-dirty" when tracked files differ from it; None unless the directory's
+    ``__init__.py`` is a tracked file of a git checkout (an installed wheel is not), so a
+    record never names a commit its code did not come from."""
+    here = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
     if _git(["ls-files", "--error-unmatch", "__init__.py"], here) is None:
         return None
     commit = _git(["rev-parse", "--short=7", "HEAD"], here)
@@ -71,9 +72,6 @@ def make_record(
     """One record; ``extra`` keys follow the required ones."""
     if kind not in KINDS:
         raise RecordError(f"record kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    clash = sorted(set(extra) & set(REQUIRED))
-    if clash:
-        raise RecordError(f"extra record keys repeat required ones: {', '.join(clash)}")
     return {
         "kind": kind,
         "prompt": prompt,
