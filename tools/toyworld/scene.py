@@ -42,7 +42,7 @@ Why the two bends differ in pace, not only in direction: the cameras of stage 2 
 azimuth, and seen from 90° a sideways bend *is* a front-to-back one. Told apart by direction
 alone, the two motions differ only through the orientation of the tone pattern — a cue of a
 pixel or two at the video teacher's 24×40, which the toy video teacher never learned (its
-diffusion-classifier check confused them at chance, docs/TOY_TEACHERS.md). A nod being quicker
+diffusion-classifier check confused them at chance, docs/RESULTS.md). A nod being quicker
 than a sway makes the two distinguishable from every azimuth, as real nods and sways are by
 their look.
 
