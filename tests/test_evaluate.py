@@ -17,8 +17,8 @@ from ayg.evaluate import (
     motion_amount,
     object_radius,
 )
-from ayg.toyworld import scene
 from ayg.toyworld.vocab import COLOUR_RGB, COLOURS, MOTION_CLASSES, SHAPES, parse_prompt
+from tools.toyworld import scene
 
 
 class FakeAsset:

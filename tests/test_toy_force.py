@@ -1,4 +1,4 @@
-"""benchmarks/toy_force.py: the force −dL/ds along an analytic motion, checked against finite
+"""experiments/toy_force.py: the force −dL/ds along an analytic motion, checked against finite
 differences (regularisers) and against the chain rule through the rendered frames (teachers)."""
 
 from __future__ import annotations
@@ -12,18 +12,11 @@ import torch
 from ayg.config import apply_overrides, preset
 from ayg.gaussians import GaussianCloud
 from ayg.teachers.toy import random_toy_teachers
-from ayg.toyworld import scene
+from experiments import toy_force
+from tools.toyworld import scene
 
 
-@pytest.fixture()
-def toy_force(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import toy_force
-
-    return toy_force
-
-
-def _probe(toy_force, prompt: str, motion: str, n: int = 300, overrides=(), split=False):
+def _probe(prompt: str, motion: str, n: int = 300, overrides=(), split=False):
     cfg = apply_overrides(preset("tiny"), ["stage2.batch=1", "stage2.knn=6", *overrides]).stage2
     cloud = GaussianCloud.init_sphere(
         n=n, radius=0.4, sh_degree=1, init_opacity=0.5, generator=torch.Generator().manual_seed(0)
@@ -34,7 +27,7 @@ def _probe(toy_force, prompt: str, motion: str, n: int = 300, overrides=(), spli
     )
 
 
-def test_motion_positions_at_amplitude_one_is_the_scene_motion(toy_force):
+def test_motion_positions_at_amplitude_one_is_the_scene_motion():
     pts = torch.randn(50, 3, generator=torch.Generator().manual_seed(1)) * 0.3
     tau = torch.linspace(0, 1, 5)
     one = torch.tensor(1.0)
@@ -47,7 +40,7 @@ def test_motion_positions_at_amplitude_one_is_the_scene_motion(toy_force):
     torch.testing.assert_close(still, pts[None].expand(5, -1, -1))
 
 
-def test_parse_motion_rejects_bad_specs(toy_force):
+def test_parse_motion_rejects_bad_specs():
     assert toy_force.parse_motion("bend:1:2", "a red cube") == ("bend", 1, 2.0)
     for bad in ("bend:2:1", "bend:x:1", "wobble"):
         with pytest.raises(ValueError, match="bend:AXIS:CYCLES"):
@@ -56,8 +49,8 @@ def test_parse_motion_rejects_bad_specs(toy_force):
         toy_force.parse_motion("true", "a red cube")
 
 
-def test_regulariser_forces_match_finite_differences(toy_force):
-    probe = _probe(toy_force, "a red cube spinning", "true")
+def test_regulariser_forces_match_finite_differences():
+    probe = _probe("a red cube spinning", "true")
     d = probe.draw(torch.Generator().manual_seed(3))
     s, h = 0.4, 1e-3
     force = probe.force(d, s)
@@ -72,12 +65,12 @@ def test_regulariser_forces_match_finite_differences(toy_force):
     assert abs(at_rest["rig"]) < 1e-4 and abs(at_rest["jsd"]) < 1e-4
 
 
-def test_teacher_forces_follow_the_chain_rule_through_the_frames(toy_force):
+def test_teacher_forces_follow_the_chain_rule_through_the_frames():
     """Each teacher term's force is −(∂L/∂frames)·(∂frames/∂s), with ∂L/∂frames taken on a
     detached copy of the frames (so the terms do not leak into each other) and the product by
     a separate backward pass. Finite differences of the renders are no check here: the
     rasterizer's α < 1/255 cut makes them jump by ~1/255 per pixel as the Gaussians move."""
-    probe = _probe(toy_force, "a red cube swaying", "bend:1:1")
+    probe = _probe("a red cube swaying", "bend:1:1")
     d = probe.draw(torch.Generator().manual_seed(5))
     s = 0.6
     force = probe.force(d, s)
@@ -92,8 +85,8 @@ def test_teacher_forces_follow_the_chain_rule_through_the_frames(toy_force):
         assert math.isclose(force[name], -float(chain), rel_tol=1e-4), (name, force[name], chain)
 
 
-def test_measure_uses_the_same_draws_for_every_amplitude(toy_force):
-    probe = _probe(toy_force, "a red cube nodding", "true")
+def test_measure_uses_the_same_draws_for_every_amplitude():
+    probe = _probe("a red cube nodding", "true")
     res = toy_force.measure(probe, [0.0, 0.5], samples=2, seed=0)
     assert set(res) == {0.0, 0.5}
     for row in res.values():
@@ -103,13 +96,13 @@ def test_measure_uses_the_same_draws_for_every_amplitude(toy_force):
     assert again[0.5]["vid"] == res[0.5]["vid"]
 
 
-def test_split_negative_parts_add_up_and_scale_with_the_weight(toy_force):
+def test_split_negative_parts_add_up_and_scale_with_the_weight():
     """vid.cls + vid.neg is the video force; vid.cls is the force with ω_neg = 0, and the force
     at another ω' is vid.cls + (ω'/ω_neg)·vid.neg (three probes on the same draw)."""
 
     def probe_at(weight: float, split: bool):
         overrides = [f"stage2.omega_neg={weight}"]
-        return _probe(toy_force, "a red cube swaying", "bend:1:1", overrides=overrides, split=split)
+        return _probe("a red cube swaying", "bend:1:1", overrides=overrides, split=split)
 
     split = probe_at(0.8, True)
     d = split.draw(torch.Generator().manual_seed(5))
@@ -141,10 +134,10 @@ def test_bad_command_lines_end_in_one_line(tmp_path, extra, says):
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_force.py"
-    cmd = [sys.executable, str(script), "--asset", str(tmp_path / "none.ayg")]
+    root = Path(__file__).resolve().parents[1]  # python -m finds experiments/ from here
+    cmd = [sys.executable, "-m", "experiments.toy_force", "--asset", str(tmp_path / "none.ayg")]
     res = subprocess.run(
-        [*cmd, "--prompt", "a red cube swaying", *extra], capture_output=True, text=True
+        [*cmd, "--prompt", "a red cube swaying", *extra], capture_output=True, text=True, cwd=root
     )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr and says in res.stderr.strip().splitlines()[-1]

@@ -1,26 +1,18 @@
-"""benchmarks/toy_spin_fit.py: the fitted turn about z against known rotations."""
+"""experiments/toy_spin_fit.py: the fitted turn about z against known rotations."""
 
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from ayg.toyworld import scene
+from experiments import toy_spin_fit as fit
+from tools.toyworld import scene
 
 
-@pytest.fixture()
-def fit(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import toy_spin_fit
-
-    return toy_spin_fit
-
-
-def test_recovers_known_turns_exactly(fit):
+def test_recovers_known_turns_exactly():
     g = torch.Generator().manual_seed(0)
     p = torch.rand(500, 3, generator=g) - 0.5
     angles = [0.0, 12.5, -40.0, 60.0, 170.0]
@@ -32,7 +24,7 @@ def test_recovers_known_turns_exactly(fit):
         assert r["explained"] == (0.0 if a == 0 else pytest.approx(1.0, abs=1e-5))
 
 
-def test_a_turn_with_noise_and_a_motion_that_is_no_turn(fit):
+def test_a_turn_with_noise_and_a_motion_that_is_no_turn():
     g = torch.Generator().manual_seed(1)
     p = torch.rand(2000, 3, generator=g) - 0.5
     turned = scene.rotate_z(p, torch.tensor(math.radians(30.0)))
@@ -45,7 +37,7 @@ def test_a_turn_with_noise_and_a_motion_that_is_no_turn(fit):
     assert r_bent["explained"] < 0.3
 
 
-def test_cli_on_a_saved_asset_and_bad_input(fit, monkeypatch, capsys, tmp_path):
+def test_cli_on_a_saved_asset_and_bad_input(monkeypatch, capsys, tmp_path):
     from ayg.asset import Asset
     from ayg.deformation import DeformationField, Motion, Segment
     from ayg.gaussians import GaussianCloud

@@ -1,26 +1,18 @@
-"""benchmarks/toy_spin_visibility.py: a spin's change in the teacher's view, cloud against truth,
+"""experiments/toy_spin_visibility.py: a spin's change in the teacher's view, cloud against truth,
 checked on a cloud built from the analytic ball's own surface."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ayg.gaussians import GaussianCloud, rgb_to_sh_dc
-from ayg.toyworld import scene
 from ayg.toyworld.vocab import parse_prompt
-
-
-@pytest.fixture()
-def vis(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import toy_spin_visibility
-
-    return toy_spin_visibility
+from experiments import toy_spin_visibility as vis
+from tools.toyworld import scene
 
 
 def _surface_ball(prompt: str, n: int = 6000) -> GaussianCloud:
@@ -45,7 +37,7 @@ def _surface_ball(prompt: str, n: int = 6000) -> GaussianCloud:
     )
 
 
-def test_a_cloud_of_the_true_surface_changes_like_the_true_ball(vis):
+def test_a_cloud_of_the_true_surface_changes_like_the_true_ball():
     prompt = "a red ball spinning"
     cams = vis.stage2_cameras(6, seed=0)
     white = torch.ones(len(cams), 3)
@@ -57,14 +49,14 @@ def test_a_cloud_of_the_true_surface_changes_like_the_true_ball(vis):
     assert r["corr"] > 0.6 and 0.5 < r["ratio"] < 2.0
 
 
-def test_no_spin_changes_nothing(vis):
+def test_no_spin_changes_nothing():
     prompt = "a green ball spinning"
     cams = vis.stage2_cameras(3, seed=1)
     r = vis.spin_changes(_surface_ball(prompt), prompt, cams, [0.0], torch.ones(3, 3))[0.0]
     assert r["cloud_change"] == 0.0 and r["true_change"] == 0.0
 
 
-def test_cli_rejects_bad_input_in_one_line(vis, monkeypatch, capsys, tmp_path):
+def test_cli_rejects_bad_input_in_one_line(monkeypatch, capsys, tmp_path):
     bad = tmp_path / "x.ayg"
     bad.write_bytes(b"not an asset")
     for argv in (

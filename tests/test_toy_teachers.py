@@ -22,8 +22,8 @@ from ayg.teachers.toy import (
     weights_path,
 )
 from ayg.toyworld.nets import ToyUNet, UNetConfig, checksum, linear_alphas_cumprod, load_net
-from ayg.toyworld.train import TrainConfig, diffusion_classifier, load_grown
 from ayg.toyworld.vocab import NULL_TOKENS, VIDEO_NEGATIVE_PROMPT
+from tools.toyworld.train import TrainConfig, diffusion_classifier, load_grown
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +285,7 @@ def test_shipped_teachers_and_classifiers_load():
 @pytest.mark.skipif(not SHIPPED, reason="toy weights not shipped yet")
 def test_shipped_appearance_classifier_reads_a_render():
     """The trained appearance classifier names a clean analytic render (eval camera)."""
-    from ayg.toyworld.scene import render
+    from tools.toyworld.scene import render
 
     cams = look_at_cameras(15.0, [0.0, 120.0, 240.0], 3.0, 40.0, 64, 64)
     rgb = render(

@@ -8,8 +8,6 @@ import pytest
 import torch
 
 from ayg.cameras import look_at_cameras
-from ayg.toyworld import data as D
-from ayg.toyworld import scene
 from ayg.toyworld.vocab import (
     COLOUR_NULL,
     COLOUR_RGB,
@@ -24,6 +22,8 @@ from ayg.toyworld.vocab import (
     tokenize,
     tokenize_batch,
 )
+from tools.toyworld import data as D
+from tools.toyworld import scene
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary
@@ -185,7 +185,7 @@ def test_nodding_is_twice_as_fast_as_swaying():
 
 def test_toy_stage2_cameras_match_the_toy_preset():
     from ayg.config import preset
-    from ayg.toyworld.data import TOY_STAGE2_CAMERAS
+    from tools.toyworld.data import TOY_STAGE2_CAMERAS
 
     s2 = preset("toy").stage2
     assert tuple(s2.distance_range) == TOY_STAGE2_CAMERAS.distance_range
@@ -329,13 +329,9 @@ def test_toy_preset_distils_stage1_with_sds_and_stage2_with_csd():
     assert (paper.stage1.mode, paper.stage2.mode) == ("csd", "csd")
 
 
-def test_every_ablation_row_changes_the_toy_preset(monkeypatch):
-    from pathlib import Path
-
+def test_every_ablation_row_changes_the_toy_preset():
     from ayg.config import apply_overrides, preset, validate
-
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from ablations import ROWS
+    from ayg.evaluation.ablations import ROWS
 
     full = preset("toy").to_dict()
     assert ROWS[0][1] == []

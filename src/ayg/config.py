@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Stage-2 cameras of the toy world, where they differ from the paper's C.6 (the toy video
-# teacher's training clips use the same distribution, toyworld.data.TOY_STAGE2_CAMERAS):
+# teacher's training clips use the same distribution, TOY_STAGE2_CAMERAS in tools/toyworld/data.py):
 # * distance U(1.2, 2.2), not U(1.5, 3.0): the toy video teacher sees 24×40 pixels, not
 #   160×256; at the paper's distances a toy object (0.8 tall) spans 8 rows on average and as few
 #   as 5, and its motions move a pixel or two. Closer, it is ~1.3× larger (11 rows on average).
@@ -362,7 +362,7 @@ def toy_preset() -> RunConfig:
     s2.lambda_jsd, s2.lambda_rigidity = 1000.0, 1000.0
     # Negative prompting at ω_neg = 0.3, not the paper's 0.8. The negative term
     # ε(∅) − ε(static) of eq. (23) rewards any motion whatever its pace, and in the toy world pace
-    # is what tells a sway from a nod. benchmarks/toy_force.py, s = 0.5, "a red cube swaying":
+    # is what tells a sway from a nod. experiments/toy_force.py, s = 0.5, "a red cube swaying":
     # at 0.8 the video term pulls 101 towards the sway and 85–96 towards bends at the nod's pace,
     # at 0.3 58 vs 38–49. All 48 moving prompts × seeds 0 and 1 (docs/RESULTS.md, session 6):
     # motion 70.8 % (0.8: 66.7 %), sways 29/32 (14/32), nods 32/32 (32/32), but spins 7/32

@@ -1,4 +1,5 @@
-"""Metrics of a 4D asset (DESIGN §8): what ``ayg eval`` reports and the ablation runner tabulates.
+"""Metrics of a 4D asset: what ``ayg eval`` reports and the evaluation runners tabulate
+(``ayg.evaluation``).
 
 For an asset and its prompt:
 
@@ -59,7 +60,7 @@ MOTION_AZIMUTHS = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)
 
 @runtime_checkable
 class Classifiers(Protocol):
-    """The toy classifiers (trained by ``ayg.toyworld.train``)."""
+    """The toy classifiers (trained by ``tools/toyworld/train.py`` of the repository)."""
 
     def appearance(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """images (B, 3, H, W) in [0, 1] -> (colour logits (B, 4), shape logits (B, 4)),
@@ -216,7 +217,7 @@ def evaluate_asset(
     views: int = EVAL_VIEWS,
     motion_azimuths: tuple[float, ...] = MOTION_AZIMUTHS,
 ) -> dict:
-    """All metrics of DESIGN §8 for one asset.
+    """All the metrics of this module for one asset.
 
     prompt: the asset's prompt (default: ``asset.prompts[0]`` when the asset has one); metrics
     that need toy labels are None when it is not a toy prompt. classifiers: the toy classifiers

@@ -1,6 +1,6 @@
 """The offline ("toy") teachers and evaluation classifiers (DESIGN §7).
 
-Three small pixel-space diffusion models trained by ``python -m ayg.toyworld.train`` on the
+Three small pixel-space diffusion models trained by ``python -m tools.toyworld.train`` on the
 toy world's analytic renders, shipped in ``ayg/toyworld/weights/*.safetensors``, and seen
 through the same :class:`ayg.distill.Teacher` protocol as the real latent teachers (sec. 3.2):
 
@@ -290,7 +290,7 @@ def load_toy_teachers(device: torch.device | str = "cpu") -> dict[str, ToyTeache
     if missing:
         raise FileNotFoundError(
             f"toy teacher weights missing ({', '.join(missing)}) in ayg/toyworld/weights; "
-            "train them with `python -m ayg.toyworld.train --out DIR` (docs/TOY_TEACHERS.md) or "
+            "train them with `python -m tools.toyworld.train --out DIR` (docs/TOY_TEACHERS.md) or "
             "use random teachers (teachers.kind=random)"
         )
     return {k: cls(load_net(weights_path(k))[0], device) for k, cls in TEACHER_CLASSES.items()}

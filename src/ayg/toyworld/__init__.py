@@ -1,9 +1,9 @@
-"""The toy world (DESIGN §7): a vocabulary of coloured shapes and motions, an independent
-analytic renderer for them, datasets that follow the camera and fps distributions of stages 1
-and 2, and (elsewhere in this package) the small teachers and classifiers trained on them.
+"""The toy world as the ``toy`` preset and ``ayg eval`` use it: a vocabulary of coloured shapes
+and motions (``vocab``) and the small teachers and classifiers (``nets``, weights in
+``weights/``).
 
-Modules: ``vocab`` (prompts, tokens, held-out pairs), ``scene`` (solids, motions, ray-marching
-renderer), ``data`` (batch samplers for teachers and classifiers).
+The world's analytic renderer, its dataset samplers and the trainer that made the weights live
+in the repository's ``tools/toyworld/`` and are not part of the installed package.
 """
 
 from ayg.toyworld.vocab import (

@@ -129,7 +129,7 @@ def default_config(name: str) -> UNetConfig | AppearanceConfig | MotionConfig:
         return UNetConfig(kind="multiview", frames=4, height=32, width=32, channels=(32, 64, 128))
     if name == "video":
         # 24×40 ≈ the 160×256 aspect of stage 2 (C.6, C.8). (40×64 with temporal attention at
-        # levels 1 and 2 was tried and measured worse: docs/TOY_TEACHERS.md, "Attempts".)
+        # levels 1 and 2 was tried and measured worse: docs/RESULTS.md, "Teacher checks".)
         return UNetConfig(kind="video", frames=16, height=24, width=40, channels=(32, 64, 96))
     if name == "appearance":
         return AppearanceConfig()

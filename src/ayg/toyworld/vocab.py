@@ -1,4 +1,4 @@
-"""The toy world's vocabulary and its text "encoder" (DESIGN §7).
+"""The toy world's vocabulary and its text "encoder".
 
 Prompts read "a COLOUR SHAPE [MOTION]": case, punctuation and words outside the vocabulary are
 ignored, so "A red ball, spinning!" and "a red ball spinning, front view" mean the same thing
@@ -53,7 +53,7 @@ NULL_TOKENS: tuple[int, int, int] = (COLOUR_NULL, SHAPE_NULL, MOTION_NULL)
 # Number of embeddings per slot, nulls included.
 VOCAB_SIZES: tuple[int, int, int] = (len(COLOURS) + 1, len(SHAPES) + 1, len(MOTION_CLASSES) + 1)
 
-# (colour, shape) pairs the video teacher never sees moving (DESIGN §7).
+# (colour, shape) pairs the video teacher never sees moving: composing them tests generalisation.
 HELD_OUT: frozenset[tuple[str, str]] = frozenset(
     {("red", "ball"), ("green", "ring"), ("blue", "cone"), ("yellow", "cube")}
 )

@@ -1,10 +1,11 @@
-"""Train the toy world's three teachers and two classifiers (DESIGN §7).
+"""Train the toy world's three teachers and two classifiers, the nets of ``ayg.toyworld.nets``
+that the ``toy`` preset loads. From the repository root:
 
-    PYTHONPATH=src python -m ayg.toyworld.train --out DIR [--budget-s 430] [--nets image,video]
+    PYTHONPATH=src python -m tools.toyworld.train --out DIR [--budget-s 430] [--nets image,video]
 
 (the commands that made the shipped weights are in docs/TOY_TEACHERS.md)
 
-For each net: render a dataset once with the analytic renderer (``toyworld.data``; on the GPU
+For each net: render a dataset once with the analytic renderer (``tools.toyworld.data``; on the GPU
 when there is one), then train for a fixed number of steps with AdamW, a cosine learning rate,
 an EMA of the weights and bf16 autocast (CUDA). Teachers learn ε-prediction on pixels in [-1, 1]
 with token dropout for classifier-free guidance (whole prompt and each slot; the video
@@ -48,8 +49,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ayg.cameras import Stage1CameraSampler
-from ayg.toyworld import data as toydata
-from ayg.toyworld import scene as toyscene
 from ayg.toyworld.nets import (
     AppearanceNet,
     MotionNet,
@@ -62,6 +61,10 @@ from ayg.toyworld.nets import (
     save_net,
 )
 from ayg.toyworld.vocab import COLOURS, MOTION_CLASSES, NULL_TOKENS, SHAPES, ToyPrompt
+from tools.toyworld import data as toydata
+from tools.toyworld import scene as toyscene
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # holds tools/ (and src/ in a checkout)
 
 TEACHERS = ("image", "multiview", "video")
 CLASSIFIERS = ("appearance", "motion")
@@ -190,7 +193,7 @@ def _sampler(name: str, cfg: TrainConfig):
 
 @contextlib.contextmanager
 def device_rendering(device: torch.device):
-    """Let the samplers of ``toyworld.data`` draw cameras on the CPU while the analytic renderer
+    """Let the samplers of ``tools.toyworld.data`` draw cameras on the CPU while the analytic renderer
     runs on ``device``. The samplers look at every camera from Python (view words, per-frame
     camera picks) and the renderer builds each frame's colour tensor; on a GPU each of those
     small host<->device copies synchronises, which made rendering many times slower than its
@@ -747,7 +750,7 @@ def _save_grid(grids: list[Tensor], path: Path) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m ayg.toyworld.train", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.toyworld.train", description=__doc__.split("\n\n")[0]
     )
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -796,10 +799,15 @@ def main(argv: list[str] | None = None) -> int:
         f"training {names} on {cfg.device} (torch {torch.__version__}), budget {cfg.budget_s:.0f}s per net",
     )
     if cfg.parallel and len(names) > 1 and torch.device(cfg.device).type == "cuda":
-        argv_base = [sys.executable, "-m", "ayg.toyworld.train"]
+        argv_base = [sys.executable, "-m", "tools.toyworld.train"]
         for f in dataclasses.fields(TrainConfig):
             argv_base += ["--" + f.name.replace("_", "-"), str(getattr(cfg, f.name))]
-        procs = [subprocess.Popen(argv_base + ["--worker", n], env=dict(os.environ)) for n in names]
+        # the workers import ``tools`` from the repository root whatever the working directory
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        procs = [subprocess.Popen(argv_base + ["--worker", n], env=env) for n in names]
         codes = [p.wait() for p in procs]
         if any(codes):
             log("main", f"worker exit codes {dict(zip(names, codes, strict=True))}")

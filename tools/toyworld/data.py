@@ -1,5 +1,5 @@
 """Datasets of the toy world: rendered batches for the toy teachers (image, 4-view multiview,
-16-frame video) and for the evaluation classifiers (appearance, motion), DESIGN §7.
+16-frame video) and for the evaluation classifiers (appearance, motion).
 
 The cameras and the frame times follow the distributions the teachers will meet during
 distillation (``ayg.cameras``): stage-1 cameras (C.6, after MVDream: fov U(15, 60), elevation
@@ -11,7 +11,7 @@ arguments (``res`` = side or (H, W)).
 Every sampler takes a ``torch.Generator`` and is deterministic given its state; it draws all its
 randomness on the CPU and renders on ``device``.
 
-Held out (DESIGN §7): with ``exclude_held_out`` the video set never shows a pair of HELD_OUT
+Held out: with ``exclude_held_out`` the video set never shows a pair of HELD_OUT
 moving; such pairs may appear static. The classifier sets use all pairs (they are evaluation
 tools, not teachers).
 """
@@ -32,7 +32,6 @@ from ayg.cameras import (
     view_direction,
 )
 from ayg.config import TOY_FPS_FRAME_STEP, TOY_STAGE2_AZIMUTH_OFFSET, TOY_STAGE2_DISTANCE
-from ayg.toyworld.scene import render
 from ayg.toyworld.vocab import (
     COLOURS,
     HELD_OUT,
@@ -44,6 +43,7 @@ from ayg.toyworld.vocab import (
     SHAPES,
     ToyPrompt,
 )
+from tools.toyworld.scene import render
 
 Res = int | tuple[int, int]
 
@@ -367,7 +367,7 @@ def sample_motion_batch(
     the negated times): the sway or nod starts to the other side, the spin turns the other
     way. A prompt says "swaying", not which side first, so the classifier that judges assets
     must not tell the two apart; trained on one handedness only, it read a correct sway that
-    began leftwards as a nod (session 3, docs/RESULTS.md)."""
+    began leftwards as a nod."""
     H, W = _hw(res)
     motion_idx = _randint(len(MOTION_CLASSES), batch, generator)
     pairs = _pairs(batch, ALL_PAIRS, generator)

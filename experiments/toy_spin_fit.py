@@ -8,7 +8,7 @@ For centres p (at τ = 0) and q (at τ), the rotation angle θ about z minimisin
 about 0 when the motion is not a turn about z (0 when nothing moves). The toy world's own spin
 turns by 360°·SPIN_TURNS·τ (60° at τ = 1), printed alongside as ``world``.
 
-    python benchmarks/toy_spin_fit.py --asset runs/red-ball/asset.ayg [--times 9] [--json]
+    python -m experiments.toy_spin_fit --asset runs/red-ball/asset.ayg [--times 9] [--json]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from ayg.toyworld.scene import rotate_z, spin_angle
+from tools.toyworld.scene import rotate_z, spin_angle
 
 
 def spin_fit(positions: Tensor) -> list[dict]:
@@ -50,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.times < 2:
         ap.error(f"--times must be >= 2, got {args.times}")
-    from toy_force import load_asset
+    from experiments.toy_force import load_asset
 
     asset = load_asset(ap, args.asset)
     g = torch.linspace(0.0, asset.duration, args.times)

@@ -2,15 +2,15 @@
 towards the motion its prompt names, and how hard compared with its noise and the regularisers?
 
 The stage-1 cloud is moved by the toy world's *analytic* motion at amplitude s (s = 1: the true
-motion of ``ayg.toyworld.scene``; a spin by s·60°, a bend of the top by s·0.25), rendered with
+motion of ``tools.toyworld.scene``; a spin by s·60°, a bend of the top by s·0.25), rendered with
 stage 2's samplers (cameras, fps, backgrounds) and scored by stage 2's terms (video and image
 teacher, rigidity, JSD) exactly as ``ayg.stages.run_stage2`` does. For each term the force is
 −dL/ds, averaged over ``--samples`` draws (cameras, fps, diffusion time, noise): positive means
 that term pushes towards more of the motion. A motion a teacher cannot drive shows a mean force
 small against its standard error or against the regularisers' pull.
 
-    python benchmarks/toy_force.py --asset runs/red-ball/stage1.ayg --prompt "a red ball spinning"
-    python benchmarks/toy_force.py --asset A.ayg --prompt "a red cube swaying" --motion bend:0:2 \
+    python -m experiments.toy_force --asset runs/red-ball/stage1.ayg --prompt "a red ball spinning"
+    python -m experiments.toy_force --asset A.ayg --prompt "a red cube swaying" --motion bend:0:2 \
         --set 'stage2.t_range=[0.02,0.25]' --samples 150 --amplitudes 0.5 --json
 
 ``--split-negative`` also reports the video force's two parts of eq. 23: ``vid.cls`` from the
@@ -36,8 +36,8 @@ from torch import Tensor
 
 def parse_motion(spec: str, prompt: str) -> tuple[str, int, float]:
     """("spin", 0, 0) or ("bend", axis, cycles) from --motion and the prompt."""
-    from ayg.toyworld import scene
     from ayg.toyworld.vocab import parse_prompt
+    from tools.toyworld import scene
 
     if spec == "true":
         motion = parse_prompt(prompt).motion
@@ -63,7 +63,7 @@ def motion_positions(
     means: Tensor, tau: Tensor, motion: tuple[str, int, float], s: Tensor
 ) -> Tensor:
     """The analytic motion at amplitude s applied to rest positions: (N, 3), (T,) -> (T, N, 3)."""
-    from ayg.toyworld import scene
+    from tools.toyworld import scene
 
     kind, axis, cycles = motion
     points = means.expand(tau.shape[0], *means.shape)  # (T, N, 3)

@@ -1,5 +1,5 @@
 """The toy world's ground truth: implicit solids, their motions, and an analytic ray-marching
-renderer that is independent of the Gaussian rasterizer (DESIGN §7).
+renderer that is independent of the Gaussian rasterizer.
 
 Objects (object space = world space, z up, centred at the origin, radius ≈ 0.5):
 
@@ -17,15 +17,15 @@ alternates sectors about its own axis (x) instead, since it has no extent around
 Lambert with a fixed world light plus an ambient term, so it is view-independent (a static
 Gaussian cloud can reproduce it).
 
-Cubes and rings have quarters and a tint of 0.5; balls and cones, eighths and a tint of 0.65
-(sessions 1–8 gave every shape quarters and 0.5). A turned cube or ring changes its silhouette,
-but a turned ball or cone, round about the spin axis, shows its spin only through the tone
-boundaries: at the video teacher's 24×40 a 30° turn of quarters at 0.5 changed 0.008 (ball)
-and 0.006 (cone) per pixel, against 0.03 for a cube or ring (`benchmarks/toy_spin_visibility.py`,
-docs/RESULTS.md), and distilled cones stayed still. Eighths at 0.65 give 0.020 and 0.013, and in
-a world that gave every shape eighths, six distilled cones in twelve spun instead of one; the
-cubes there did worse, so cubes and rings keep what they had. A period of 90° still turns less
-than half a period between two frames of any clip, so the direction of a spin stays readable.
+Cubes and rings have quarters and a tint of 0.5; balls and cones, eighths and a tint of 0.65.
+A turned cube or ring changes its silhouette, but a turned ball or cone, round about the spin
+axis, shows its spin only through the tone boundaries: at the video teacher's 24×40 a 30° turn
+of quarters at 0.5 changes 0.008 (ball) and 0.006 (cone) per pixel, against 0.03 for a cube or
+ring (``experiments/toy_spin_visibility.py``), and with that pattern distilled cones stayed
+still. Eighths at 0.65 give 0.020 and 0.013 and let cones spin; on cubes they made spins and
+sways harder to tell apart, so cubes and rings keep quarters (docs/RESULTS.md). A period of 90°
+still turns less than half a period between two frames of any clip, so the direction of a spin
+stays readable.
 
 Motions, as functions of τ (any real; a segment uses [0, 1]); τ = 0 is always the rest pose:
 
@@ -42,7 +42,7 @@ Why the two bends differ in pace, not only in direction: the cameras of stage 2 
 azimuth, and seen from 90° a sideways bend *is* a front-to-back one. Told apart by direction
 alone, the two motions differ only through the orientation of the tone pattern — a cue of a
 pixel or two at the video teacher's 24×40, which the toy video teacher never learned (its
-diffusion-classifier check confused them at chance, docs/TOY_TEACHERS.md). A nod being quicker
+diffusion-classifier check confused them at chance, docs/RESULTS.md). A nod being quicker
 than a sway makes the two distinguishable from every azimuth, as real nods and sways are by
 their look.
 

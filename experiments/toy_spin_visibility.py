@@ -12,7 +12,7 @@ its ``encode`` does) and compared with their own rest pose:
   same way as the true object);
 * ``rest_error``: mean absolute difference between the cloud and the true object at rest.
 
-    python benchmarks/toy_spin_visibility.py --asset runs/red-ball/stage1.ayg \\
+    python -m experiments.toy_spin_visibility --asset runs/red-ball/stage1.ayg \\
         --prompt "a red ball spinning" --degrees 10,30 --json
 """
 
@@ -41,7 +41,7 @@ def spin_changes(
     """{θ: change of the cloud's and the true object's renders under a spin of θ degrees}; the
     rest poses are rendered once for all angles."""
     from ayg.render import rasterize
-    from ayg.toyworld import scene
+    from tools.toyworld import scene
 
     quats = cloud.rotations if cloud.quats is not None else None
 
@@ -96,9 +96,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="one JSON line instead of a table")
     args = ap.parse_args()
-    from toy_force import numbers, stage1_cloud
-
     from ayg.toyworld.vocab import parse_prompt
+    from experiments.toy_force import numbers, stage1_cloud
 
     if args.cameras < 1:
         ap.error(f"--cameras must be >= 1, got {args.cameras}")
