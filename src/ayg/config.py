@@ -1,5 +1,5 @@
 """Run configuration: typed dataclasses with the paper's defaults (tables 3 and 4, appendix C
-and E.2), the presets ``paper`` / ``fast`` / ``toy`` / ``tiny``, and ``key=value`` overrides.
+and E.2), the presets ``paper`` / ``lowvram`` / ``fast`` / ``toy`` / ``tiny``, and ``key=value`` overrides.
 
 One source of truth for defaults: the dataclass fields below. A preset is a function that
 returns a ``RunConfig`` with some fields changed; the command line applies ``--set a.b=v``
@@ -48,6 +48,19 @@ class TeacherConfig:
     offload_idle: bool = False
     local_files_only: bool = False
     grad_frames: int | None = None  # backprop through the video encoder for only k frames
+    # How the real teachers run on CUDA (ayg.teachers.runtime); none of these changes the
+    # maths, every frame keeps its gradient. encoder_backward: what the VAE encoders store for
+    # their backward, "keep" (everything), "convs" (convolution outputs), "lean" (those below
+    # full resolution) or "recompute" (nothing: the encoder runs again, encoder_chunk frames at
+    # a time); ayg.teachers.stable_diffusion.ENCODER_BACKWARDS has the memory of each.
+    # compile: "none" or a torch.compile mode for the UNets' forward.
+    encoder_backward: str = "lean"
+    encoder_chunk: int = 8
+    channels_last: bool = True
+    cuda_graphs: bool = True
+    compile: str = "none"
+    cudnn_benchmark: bool = True
+    tf32: bool = True  # float32 matrix products (the deformation field) on TF32 tensor cores
 
 
 @dataclass
@@ -278,6 +291,19 @@ def fast_preset() -> RunConfig:
     return cfg
 
 
+def lowvram_preset() -> RunConfig:
+    """The paper's settings on a 24 GB card: the same steps, resolutions, teachers and CFG
+    branches, and every frame keeps its gradient. What it trades is time: the VAE encoders keep
+    no activations and run their forward a second time during the backward, 4 frames at a time
+    (one more encoder forward per frame), and the UNets run without CUDA graphs, whose memory
+    pools would stay reserved between calls."""
+    cfg = RunConfig(preset="lowvram")
+    cfg.teachers.encoder_backward = "recompute"
+    cfg.teachers.encoder_chunk = 4
+    cfg.teachers.cuda_graphs = False
+    return cfg
+
+
 def toy_preset() -> RunConfig:
     """The offline toy world (DESIGN §7): shipped pixel-space teachers, CPU in minutes."""
     cfg = RunConfig(preset="toy")
@@ -351,7 +377,13 @@ def tiny_preset() -> RunConfig:
     return cfg
 
 
-PRESETS = {"paper": paper_preset, "fast": fast_preset, "toy": toy_preset, "tiny": tiny_preset}
+PRESETS = {
+    "paper": paper_preset,
+    "lowvram": lowvram_preset,
+    "fast": fast_preset,
+    "toy": toy_preset,
+    "tiny": tiny_preset,
+}
 
 
 def preset(name: str) -> RunConfig:
@@ -375,6 +407,19 @@ def validate(cfg: RunConfig) -> None:
             raise ValueError(f"{name}.mode must be 'csd' or 'sds', got '{stage.mode}'")
     if cfg.teachers.kind not in ("real", "toy", "random"):
         raise ValueError(f"teachers.kind must be real, toy or random, got '{cfg.teachers.kind}'")
+    t = cfg.teachers
+    if t.encoder_backward not in ("keep", "convs", "lean", "recompute"):
+        raise ValueError(
+            "teachers.encoder_backward must be keep, convs, lean or recompute, "
+            f"got '{t.encoder_backward}'"
+        )
+    if t.encoder_chunk < 1:
+        raise ValueError(f"teachers.encoder_chunk must be >= 1, got {t.encoder_chunk}")
+    compile_modes = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+    if t.compile not in compile_modes:
+        raise ValueError(
+            f"teachers.compile must be one of {', '.join(compile_modes)}, got '{t.compile}'"
+        )
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")
     if cfg.backend not in ("auto", "torch", "gsplat"):

@@ -55,10 +55,30 @@ def build_teachers(
         out["video"] = VideoTeacher.from_pretrained(
             cfg.video_model, device=device, dtype=dtype, local_files_only=cfg.local_files_only
         )
+    if device.type == "cuda":
+        from ayg.teachers.runtime import configure_teacher
+
+        for t in out.values():
+            configure_teacher(t, runtime_of(cfg))
     if cfg.offload_idle:
         for t in out.values():
             t.offload()
     return out
+
+
+def runtime_of(cfg: TeacherConfig):
+    """The ``ayg.teachers.runtime.Runtime`` a teacher config asks for."""
+    from ayg.teachers.runtime import Runtime
+
+    return Runtime(
+        encoder_backward=cfg.encoder_backward,
+        encoder_chunk=cfg.encoder_chunk,
+        channels_last=cfg.channels_last,
+        cuda_graphs=cfg.cuda_graphs,
+        compile=cfg.compile,
+        cudnn_benchmark=cfg.cudnn_benchmark,
+        tf32=cfg.tf32,
+    )
 
 
 def check_prompt(cfg: TeacherConfig, prompt: str) -> None:
