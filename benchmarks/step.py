@@ -17,7 +17,7 @@ Each step is timed under several runtimes (``ayg.teachers.runtime``) on the same
 ``naive`` (plain eager bf16: every encoder activation stored, no CUDA graphs, NCHW, no cuDNN
 autotuning, no TF32), ``paper`` (the paper preset's ``teachers.*`` settings), ``lowvram`` (the
 ``lowvram`` preset's), for stage 2 the ``fast`` preset's smaller step and, with ``--variants``,
-the paper runtime with one lever off at a time. Then every component
+the paper runtime with one lever changed at a time. Then every component
 of the step is timed alone (median of ``--reps`` CUDA-event timings) under ``naive`` and
 ``paper``, with its FLOPs (matrix products, convolutions and attention, counted by
 ``torch.utils.flop_counter``), its rate, and that rate as a share of a bf16 matrix product's rate
@@ -564,18 +564,29 @@ def time_components(comps: dict, clock: Clock, reps: int) -> dict[str, dict]:
 # Report
 
 
-def runtimes(compile_mode: str, variants: bool) -> dict[str, Runtime]:
-    """naive, paper, lowvram and, with ``variants``, the paper runtime with one lever off."""
+def variants_of(paper: Runtime) -> dict[str, Runtime]:
+    """The paper runtime with one lever changed at a time."""
+    return {
+        "paper-no-graphs": dataclasses.replace(paper, cuda_graphs=False),
+        "paper-keep": dataclasses.replace(paper, encoder_backward="keep"),
+        "paper-convs": dataclasses.replace(paper, encoder_backward="convs"),
+        "paper-channels-last": dataclasses.replace(paper, channels_last=not paper.channels_last),
+        "paper-no-cudnn-bench": dataclasses.replace(paper, cudnn_benchmark=False),
+        "paper-no-tf32": dataclasses.replace(paper, tf32=False),
+    }
+
+
+def runtimes(compile_mode: str, variants: list[str]) -> dict[str, Runtime]:
+    """naive, paper, lowvram and the named variants of the paper runtime."""
     paper = runtime_of(preset("paper").teachers)
     if compile_mode != "none":
         paper = dataclasses.replace(paper, compile=compile_mode)
     out = {"naive": NAIVE, "paper": paper, "lowvram": runtime_of(preset("lowvram").teachers)}
-    if variants:
-        out["paper-no-graphs"] = dataclasses.replace(paper, cuda_graphs=False)
-        out["paper-keep"] = dataclasses.replace(paper, encoder_backward="keep")
-        out["paper-convs"] = dataclasses.replace(paper, encoder_backward="convs")
-        out["paper-nchw"] = dataclasses.replace(paper, channels_last=False)
-        out["paper-no-cudnn-bench"] = dataclasses.replace(paper, cudnn_benchmark=False)
+    known = variants_of(paper)
+    for name in variants:
+        if name not in known:
+            raise SystemExit(f"--variants takes names from {', '.join(known)}; got {name!r}")
+        out[name] = known[name]
     return out
 
 
@@ -708,8 +719,9 @@ def main() -> None:
     ap.add_argument("--renderer-wait", type=float, default=300.0)
     ap.add_argument(
         "--variants",
-        action="store_true",
-        help="also time the paper runtime with one lever off at a time (graphs, lean, NHWC)",
+        default="",
+        help="comma-separated variants of the paper runtime to time too (one lever changed): "
+        + ", ".join(variants_of(NAIVE)),
     )
     args = ap.parse_args()
     if args.warmup < 1 or args.iters < 1 or args.reps < 1:
@@ -737,7 +749,8 @@ def main() -> None:
         gaussians=n_gauss,
         command=" ".join(["python", "benchmarks/step.py", *sys.argv[1:]]),
     )
-    rts = {k: v for k, v in runtimes(args.compile, args.variants).items() if k not in skip}
+    variants = [v for v in args.variants.split(",") if v]
+    rts = {k: v for k, v in runtimes(args.compile, variants).items() if k not in skip}
     res["runtimes"] = {k: dataclasses.asdict(v) for k, v in rts.items()}
     s1cfg, s2cfg = stage_configs(args.tiny)
     cloud = make_cloud(n_gauss, device)

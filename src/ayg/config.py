@@ -56,7 +56,7 @@ class TeacherConfig:
     # compile: "none" or a torch.compile mode for the UNets' forward.
     encoder_backward: str = "lean"
     encoder_chunk: int = 8
-    channels_last: bool = True
+    channels_last: bool = False  # measured slower on the H200: the VAE's GroupNorms (step.md)
     cuda_graphs: bool = True
     compile: str = "none"
     cudnn_benchmark: bool = True
@@ -295,12 +295,10 @@ def lowvram_preset() -> RunConfig:
     """The paper's settings on a 24 GB card: the same steps, resolutions, teachers and CFG
     branches, and every frame keeps its gradient. What it trades is time: the VAE encoders keep
     no activations and run their forward a second time during the backward, 4 frames at a time
-    (one more encoder forward per frame), and the UNets run without CUDA graphs, whose memory
-    pools would stay reserved between calls."""
+    (one more encoder forward per frame; docs/results/step.md has the cost)."""
     cfg = RunConfig(preset="lowvram")
     cfg.teachers.encoder_backward = "recompute"
     cfg.teachers.encoder_chunk = 4
-    cfg.teachers.cuda_graphs = False
     return cfg
 
 
