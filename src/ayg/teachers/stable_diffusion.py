@@ -86,8 +86,9 @@ def resize_bilinear(images: Tensor, size: tuple[int, int]) -> Tensor:
 #: additions from them in the backward (the elementwise forward work twice); "lean" stores those
 #: only below the input's resolution and also recomputes the full-resolution convolutions;
 #: "recompute" stores only the input and runs the whole encoder forward again in the backward.
-#: Measured on the SD VAE at 320×512 in bf16 (benchmarks/step.py, 64 frames): 0.94, 0.45, 0.27
-#: and 0.12 GiB per frame, for 1.0×, 1.3×, 1.4× and 1.5× the time of "keep". "convs", "lean" and "recompute" run ``chunk``
+#: Measured on the SD VAE at 320×512 in bf16 on an H200 (benchmarks/step.py, 64 frames, chunks
+#: of 8): 0.93, 0.45, 0.27 and 0.12 GiB per frame, for 1.0×, 1.33×, 1.47× and 1.65× the time of
+#: "keep" (docs/results/step.md). "convs", "lean" and "recompute" run ``chunk``
 #: frames per checkpointed call, so the backward holds one chunk's recomputed activations; a
 #: call of at most ``chunk`` frames (stage 1's 4 views) is one chunk and stores everything.
 ENCODER_BACKWARDS = ("keep", "convs", "lean", "recompute")
