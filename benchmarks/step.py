@@ -1,51 +1,87 @@
-"""Time and peak GPU memory of one distillation step of each AYG stage with real-size teachers.
+"""Time, FLOPs and peak GPU memory of one distillation step of each AYG stage at the paper's sizes.
 
-The teachers have the real architectures with random weights (no download): Stable Diffusion
-2.1 base (UNet + VAE + an OpenCLIP-H-sized CLIPTextModel), MVDream 4-view (``ayg.teachers.mvdream``)
-and a Zeroscope/ModelScope-sized ``UNet3DConditionModel``, all in bf16 on CUDA.
+The teachers have the real architectures with random weights (no download), in bf16: Stable
+Diffusion 2.1 base (UNet + VAE + an OpenCLIP-H-sized CLIPTextModel), MVDream 4-view
+(``ayg.teachers.mvdream``) and a video teacher (``--video``; ``zeroscope``: a Zeroscope/ModelScope
+``UNet3DConditionModel``). The steps are the product's own loops, ``ayg.stages.run_stage1`` and
+``run_stage2``, with the paper preset's stage configs (E.2, tables 3 and 4) on a cloud of
+``--gaussians`` Gaussians:
 
-* stage 1 (E.2, table 3): 4 views at 256×256 through MVDream (CSD, ω_3D 1.6, negative prompt
-  ω_neg 0.8) + the image teacher at 320×512 (CSD, ω_im 0.4, view guidance ω_vg 3.0); one
-  backward into a (1, 4, 3, 256, 256) image batch that requires grad.
-* stage 2 (table 4): 4 clips × 16 frames at 160×256 -> 320×512 through the video teacher (CSD,
-  negative prompt ω_neg 0.8, motion amplification ω_ma 24) + the image teacher on 4 frames of each
-  clip; one backward into the (4, 16, 3, 160, 256) frames.
+* stage 1: 4 views at 256×256 through MVDream (CSD, ω_3D 1.6, negative prompt ω_neg 0.8) + the
+  image teacher at 320×512 (CSD, ω_im 0.4, view guidance ω_vg 3.0), one Adam step on the cloud;
+* stage 2: 4 clips × 16 frames at 160×256 -> 320×512 through the video teacher (CSD, negative
+  prompt ω_neg 0.8, motion amplification ω_ma 24) + the image teacher on 4 frames of each clip,
+  rigidity and JSD, one Adam step on the deformation field. Every frame keeps its gradient.
 
-Options compared: ``grad_frames`` (encoder backprop through k of 16 frames), offloading (each
-teacher activated, its loss backpropagated, then its weights offloaded to the CPU; the
-transfers dominate), and gradient checkpointing of the VAE encoders (``--breakdown`` also times
-each encoder's forward+backward and each batched UNet call alone).
-Printed figures are seconds per step (mean over ``--iters`` after ``--warmup``) and the peak of
-``torch.cuda.max_memory_allocated`` during those steps (weights included).
+Each step is timed under several runtimes (``ayg.teachers.runtime``) on the same weights:
+``naive`` (plain eager bf16: every encoder activation stored, no CUDA graphs, NCHW, no cuDNN
+autotuning, no TF32), ``paper`` (the paper preset's ``teachers.*`` settings), ``lowvram`` (the
+``lowvram`` preset's), for stage 2 the ``fast`` preset's smaller step and, with ``--variants``,
+the paper runtime with one lever changed at a time. Then every component
+of the step is timed alone (median of ``--reps`` CUDA-event timings) under ``naive`` and
+``paper``, with its FLOPs (matrix products, convolutions and attention, counted by
+``torch.utils.flop_counter``), its rate, and that rate as a share of a bf16 matrix product's rate
+measured first in the same run. The figures go to stdout and, with ``--json``, to a file; the
+paper pipeline's wall time is projected from the step times (stage 1 + stage 2 + the fine-tuning
+of C.9 at the paper's step counts, plus the measured one-time cost of the first steps).
+Prints figures; asserts nothing.
 
-    PYTHONPATH=src python benchmarks/step.py [--stage 1|2|all] [--warmup 2] [--iters 5] [--breakdown]
+    PYTHONPATH=src python benchmarks/step.py [--stage 1|2|all] [--video zeroscope]
+        [--compile none|default|max-autotune-no-cudagraphs] [--warmup 2] [--iters 5]
+        [--reps 5] [--json docs/results/step.json]
+    PYTHONPATH=src python benchmarks/step.py --tiny   # tiny models on the CPU, seconds
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from ayg.cameras import Stage1CameraSampler
-from ayg.distill import Conditioning, TeacherTerm, TRangeSchedule, compose, distill_loss, view_words
+from ayg.cameras import FpsSampler, Stage1CameraSampler, Stage2CameraSampler
+from ayg.config import FinetuneConfig, RunConfig, Stage1Config, Stage2Config, preset
+from ayg.deformation import Motion
+from ayg.distill import Conditioning
+from ayg.gaussians import GaussianCloud, make_optimizer
+from ayg.io_utils import write_text
+from ayg.regularizers import jsd_regularizer, knn_indices, rigidity_loss
+from ayg.render import gsplat_available, rasterize
+from ayg.stages import LossLog, RunContext, grads_finite, new_segment, run_stage1, run_stage2
+from ayg.teachers import runtime_of
+from ayg.teachers.runtime import NAIVE, FastUNet, Runtime, configure_teacher
 from ayg.teachers.stable_diffusion import StableDiffusionTeacher
 from ayg.teachers.video import VideoTeacher
 
 PROMPT = "a corgi running, highly detailed"
-NEG_3D = "ugly, bad anatomy, blurry, pixelated obscure, unnatural colors, poor lighting, dull, and unclear"
-NEG_VID = "low motion, static statue, not moving, no motion"
 GIB = 2**30
 
 
 # ----------------------------------------------------------------------------------------------
-# Real-size configurations (the public model cards' config.json values)
+# Real-size configurations (the public model cards' config.json values) and tiny ones (--tiny)
 
 
-def sd21_unet_config() -> dict:
+def sd21_unet_config(tiny: bool = False) -> dict:
+    if tiny:
+        return dict(
+            sample_size=8,
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
     return dict(
         sample_size=64,
         block_out_channels=(320, 640, 1280, 1280),
@@ -58,7 +94,17 @@ def sd21_unet_config() -> dict:
     )
 
 
-def sd_vae_config() -> dict:
+def sd_vae_config(tiny: bool = False) -> dict:
+    if tiny:
+        return dict(
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(8, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=16,
+        )
     return dict(
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
@@ -70,26 +116,38 @@ def sd_vae_config() -> dict:
     )
 
 
-def openclip_h_text_config():
+def openclip_h_text_config(tiny: bool = False):
     from transformers import CLIPTextConfig
 
     # OpenCLIP ViT-H/14 text tower as SD 2.x uses it: 23 of 24 layers (penultimate output)
+    width, layers, heads = (32, 2, 4) if tiny else (1024, 23, 16)
     return CLIPTextConfig(
         vocab_size=49408,
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=23,
-        num_attention_heads=16,
+        hidden_size=width,
+        intermediate_size=4 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=77,
         hidden_act="gelu",
-        projection_dim=1024,
+        projection_dim=width,
         bos_token_id=49406,
         eos_token_id=49407,
         pad_token_id=0,
     )
 
 
-def zeroscope_unet_config() -> dict:
+def zeroscope_unet_config(tiny: bool = False) -> dict:
+    if tiny:
+        return dict(
+            sample_size=8,
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
     # cerspense/zeroscope_v2_576w and ali-vilab/text-to-video-ms-1.7b share this UNet3D
     return dict(
         sample_size=32,
@@ -100,6 +158,9 @@ def zeroscope_unet_config() -> dict:
         attention_head_dim=64,
         cross_attention_dim=1024,
     )
+
+
+TINY_RESOLUTION = (16, 16)  # the tiny VAE halves it: 8×8 latents
 
 
 class ByteTokenizer:
@@ -121,306 +182,730 @@ def alphas_cumprod() -> torch.Tensor:
     return torch.cumprod(1.0 - betas, 0).float()
 
 
-def build_latent_parts(unet_cls, unet_cfg: dict, device: torch.device) -> dict:
+def build_latent_parts(unet_cls, unet_cfg: dict, device: torch.device, tiny: bool) -> dict:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
     with torch.device(device):  # initialise on the GPU: seconds instead of minutes on the CPU
         return dict(
             unet=unet_cls(**unet_cfg),
-            vae=AutoencoderKL(**sd_vae_config()),
-            text_encoder=CLIPTextModel(openclip_h_text_config()),
+            vae=AutoencoderKL(**sd_vae_config(tiny)),
+            text_encoder=CLIPTextModel(openclip_h_text_config(tiny)),
             tokenizer=ByteTokenizer(),
             alphas_cumprod=alphas_cumprod(),
         )
 
 
-def build_sd(device: torch.device, dtype: torch.dtype) -> StableDiffusionTeacher:
+def build_sd(device: torch.device, dtype: torch.dtype, tiny: bool) -> StableDiffusionTeacher:
     from diffusers import UNet2DConditionModel
 
-    parts = build_latent_parts(UNet2DConditionModel, sd21_unet_config(), device)
-    return StableDiffusionTeacher.from_components(**parts, device=device, dtype=dtype)
+    parts = build_latent_parts(UNet2DConditionModel, sd21_unet_config(tiny), device, tiny)
+    extra = dict(resolution=TINY_RESOLUTION) if tiny else {}
+    return StableDiffusionTeacher.from_components(**parts, device=device, dtype=dtype, **extra)
 
 
-def build_video(device: torch.device, dtype: torch.dtype) -> VideoTeacher:
+def build_zeroscope(device: torch.device, dtype: torch.dtype, tiny: bool) -> VideoTeacher:
     from diffusers import UNet3DConditionModel
 
-    parts = build_latent_parts(UNet3DConditionModel, zeroscope_unet_config(), device)
-    return VideoTeacher.from_components(**parts, device=device, dtype=dtype, frames=16)
+    parts = build_latent_parts(UNet3DConditionModel, zeroscope_unet_config(tiny), device, tiny)
+    extra = dict(resolution=TINY_RESOLUTION) if tiny else {}
+    return VideoTeacher.from_components(**parts, device=device, dtype=dtype, frames=16, **extra)
 
 
-def build_mvdream(device: torch.device, dtype: torch.dtype):
-    """MVDream from ``ayg.teachers.mvdream`` (random weights), or None if it is unavailable."""
-    try:
-        from ayg.teachers.mvdream import MVDreamTeacher
-    except ImportError as e:
-        print(f"# MVDream teacher unavailable ({e}); stage 1 runs the image teacher only")
-        return None
+# --video NAME -> builder(device, dtype, tiny); another video teacher adds its entry here
+VIDEO_TEACHERS: dict[str, Callable[[torch.device, torch.dtype, bool], Any]] = {
+    "zeroscope": build_zeroscope,
+}
+
+
+def build_mvdream(device: torch.device, dtype: torch.dtype, tiny: bool):
+    from ayg.teachers.mvdream import MVDreamArch, MVDreamTeacher
+
+    arch = MVDreamArch()
+    if tiny:
+        arch = MVDreamArch(
+            model_channels=32,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(1, 2),
+            num_head_channels=16,
+            context_dim=32,
+            vae_ch=32,
+            vae_ch_mult=(1, 2),
+            vae_num_res_blocks=1,
+            text_width=32,
+            text_layers=2,
+            text_heads=2,
+            image_size=16,
+        )
     with torch.device(device):
-        return MVDreamTeacher.from_config(device=device, dtype=dtype)
+        return MVDreamTeacher.from_config(arch, device=device, dtype=dtype)
 
 
 def n_params(teacher) -> float:
-    return (
-        sum(
-            p.numel()
-            for m in (teacher.unet, teacher.vae, teacher.text_encoder)
-            for p in m.parameters()
-        )
-        / 1e6
-    )
+    mods = (teacher.unet, teacher.vae, teacher.text_encoder)
+    return sum(p.numel() for m in mods for p in m.parameters()) / 1e6
 
 
 # ----------------------------------------------------------------------------------------------
-# Steps
+# Measuring
 
 
-@dataclass
-class Options:
-    grad_frames: int | None = None
-    offload: bool = False
-    vae_checkpointing: bool = False
+class Clock:
+    """Wall time of GPU work: CUDA events on CUDA, the host clock elsewhere."""
 
-    def label(self) -> str:
-        parts = [f"grad_frames={self.grad_frames or 'all'}"]
-        parts += ["offload"] if self.offload else []
-        parts += ["vae-ckpt"] if self.vae_checkpointing else []
-        return " ".join(parts)
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
 
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
 
-def run_terms(terms: list[tuple], step: int, gen: torch.Generator, opt: Options) -> dict:
-    """terms: (name, teacher, term, images, kwargs). Without offloading: the composed loss and one
-    backward. With offloading: each teacher is activated, its loss backpropagated, then its
-    UNet and text encoder go back to the CPU (backward before offload, so no offload can pull
-    weights from under a pending graph; a real stage keeps the render graph with retain_graph)."""
-    if not opt.offload:
-        parts = {
-            name: distill_loss(t, term, x, PROMPT, step, gen, **kw)
-            for name, t, term, x, kw in terms
-        }
-        loss, stats = compose(parts)
-        loss.backward()
-        return stats
-    stats = {}
-    for name, teacher, term, x, kw in terms:
-        teacher.activate()
-        loss, s = distill_loss(teacher, term, x, PROMPT, step, gen, **kw)
-        loss.backward()
-        teacher.offload()
-        stats.update({f"{name}/{k}": v for k, v in s.items()})
-    return stats
-
-
-def stage1_step(mv, sd, device, opt: Options, step: int, gen: torch.Generator) -> dict:
-    images = torch.rand(1, 4, 3, 256, 256, device=device, requires_grad=True)  # (B, V, 3, H, W)
-    cams = Stage1CameraSampler().sample(1, gen, device)  # 4 cameras
-    terms = []
-    if mv is not None:
-        mv_term = TeacherTerm(
-            weight=1.6,
-            t_range=TRangeSchedule.multiview_stage1(),
-            negative_prompt=NEG_3D,
-            negative_weight=0.8,
-        )
-        terms.append(("mv", mv, mv_term, images, dict(cond=Conditioning(cameras=cams))))
-    im_term = TeacherTerm(weight=0.4, t_range=TRangeSchedule.image_stage1(), view_guidance=3.0)
-    terms.append(("im", sd, im_term, images, dict(views=view_words(cams))))  # (1, 4) -> 4 images
-    stats = run_terms(terms, step, gen, opt)
-    assert images.grad is not None
-    return stats
-
-
-def stage2_step(vid, sd, device, opt: Options, step: int, gen: torch.Generator) -> dict:
-    frames = torch.rand(4, 16, 3, 160, 256, device=device, requires_grad=True)  # (B, F, 3, H, W)
-    fps = torch.tensor([4.0, 4.0, 8.0, 12.0], device=device)
-    vid_term = TeacherTerm(
-        weight=1.0,
-        negative_prompt=NEG_VID,
-        negative_weight=0.8,
-        motion_amplification=24.0,
-        grad_frames=opt.grad_frames,
-    )
-    picked = frames[:, [2, 7, 10, 13]]  # 3 random frames + the middle (8th) one: (4, 4, 3, H, W)
-    terms = [
-        ("vid", vid, vid_term, frames, dict(cond=Conditioning(fps=fps))),
-        ("im", sd, TeacherTerm(weight=1.0), picked, {}),
-    ]
-    stats = run_terms(terms, step, gen, opt)
-    assert frames.grad is not None
-    return stats
-
-
-def measure(step_fn: Callable[[int], dict], warmup: int, iters: int) -> tuple[float, float]:
-    """(seconds per step, peak GiB allocated during the timed steps)."""
-    for i in range(warmup):
-        step_fn(i)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for i in range(iters):
-        step_fn(warmup + i)
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters, torch.cuda.max_memory_allocated() / GIB
-
-
-def timed(fn: Callable[[], object], iters: int = 3) -> float:
-    """Seconds per call after one warm-up call."""
-    fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
+    def ms(self, fn: Callable[[], object]) -> float:
+        if not self.cuda:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / iters
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    def median_ms(self, fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
+        for _ in range(warmup):
+            fn()
+        self.sync()
+        return statistics.median(self.ms(fn) for _ in range(reps))
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_gib(self) -> float:
+        return torch.cuda.max_memory_allocated() / GIB if self.cuda else float("nan")
 
 
-def breakdown(
-    name: str, teacher, images: torch.Tensor, branches: int, cond=None, grad_frames=None
-) -> None:
-    """Encoder forward+backward and one batched UNet call (``branches`` CFG branches) alone."""
-    teacher.activate()
+def matmul_peak(device: torch.device, dtype: torch.dtype, clock: Clock) -> float:
+    """TFLOP/s of one large square matrix product on random data (mean of 10 after 3)."""
+    n = 8192 if device.type == "cuda" else 512
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    clock.sync()
+    ms = statistics.mean(clock.ms(lambda: a @ b) for _ in range(10))
+    return 2 * n**3 / (ms * 1e-3) / 1e12
 
-    def enc() -> None:
-        x = images.detach().requires_grad_(True)
-        teacher.encode(x, grad_frames=grad_frames).sum().backward()
 
+def count_flops(fn: Callable[[], object], teachers) -> int:
+    """FLOPs of one call, counted by torch.utils.flop_counter with the UNets eager (a CUDA
+    graph replay or a compiled kernel dispatches nothing to count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with contextlib.ExitStack() as stack:
+        for t in teachers:
+            if t is not None and isinstance(t.unet, FastUNet):
+                stack.enter_context(t.unet.eager())
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fn()
+    return counter.get_total_flops()
+
+
+def configure(teachers, runtime: Runtime) -> None:
+    for t in teachers:
+        if t is not None:
+            configure_teacher(t, runtime)
+
+
+def free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclasses.dataclass
+class StepFigures:
+    step_s: float  # median of the timed steps
+    first_step_s: float  # the first step with the loop's setup: graph capture, autotuning
+    peak_gib: float
+    steps_s: list[float]
+
+
+def time_loop(run: Callable[[RunContext], object], device, warmup: int, iters: int) -> StepFigures:
+    """Runs a stage loop of warmup + iters steps; per-step times from its step callback."""
+    clock = Clock(device)
+    marks: list[float] = []
+
+    def callback(phase: str, done: int) -> None:
+        clock.sync()
+        marks.append(time.perf_counter())
+        if done == warmup:
+            clock.reset_peak()
+
+    ctx = RunContext(
+        device=device, backend=BACKEND, log=LossLog(None), progress=False, callback=callback
+    )
+    clock.sync()
+    clock.reset_peak()
+    t0 = time.perf_counter()
+    run(ctx)
+    steps = [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)]
+    timed = steps[warmup:] or steps
+    return StepFigures(statistics.median(timed), steps[0], clock.peak_gib(), steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# The scene
+
+
+def make_cloud(n: int, device: torch.device) -> GaussianCloud:
+    """The C.1 initialisation of n Gaussians (radius 0.5), SH degree 2, opacity 0.3."""
+    gen = torch.Generator().manual_seed(0)
+    return GaussianCloud.init_sphere(n, 0.5, 2, 0.3, generator=gen, device=device).detached()
+
+
+def stage_configs(tiny: bool) -> tuple[Stage1Config, Stage2Config]:
+    s1, s2 = Stage1Config(), Stage2Config()
+    s1.densify_start = 10**9  # densification runs every 1,000 steps: not part of a step
+    if tiny:
+        s1 = dataclasses.replace(s1, width=32, height=32)
+        s2 = dataclasses.replace(s2, batch=2, width=32, height=20, knn=8)
+    return s1, s2
+
+
+# ----------------------------------------------------------------------------------------------
+# Components of a step, each a callable that does its part alone
+
+
+def stage1_camera_draw(s1: Stage1Config, device):
+    gen = torch.Generator().manual_seed(1)
+    sampler = Stage1CameraSampler(views=s1.views, width=s1.width, height=s1.height)
+    return sampler.sample(s1.batch, gen, "cpu").to(device)
+
+
+def stage2_draws(s2: Stage2Config, device):
+    gen = torch.Generator().manual_seed(2)
+    B, F, H, W = s2.batch, s2.frames, s2.height, s2.width
+    fps, tau = FpsSampler(s2.fps_values, s2.fps_probs, F).sample(B, gen, device)
+    cams = Stage2CameraSampler(frames=F, width=W, height=H).sample(B, gen, device)
+    return fps, tau, cams
+
+
+def moving_motion(s2: Stage2Config, device) -> Motion:
+    """A deformation field that moves (a fresh one is the identity: its last layer is zero)."""
+    motion = Motion([new_segment(s2, "base", PROMPT, device)])
+    field = motion.segments[-1].field.requires_grad_(True)
+    torch.nn.init.normal_(field.mlp[-1].weight, std=1e-2)
+    return motion
+
+
+def stage1_components(mv, sd, cloud: GaussianCloud, s1: Stage1Config, device) -> dict:
+    cams = stage1_camera_draw(s1, device)
+    n = s1.batch * s1.views
+    live = GaussianCloud.from_state_dict(cloud.state_dict(), requires_grad=True).to(device)
+    optimizer = make_optimizer(live)
+    images = torch.rand(s1.batch, s1.views, 3, s1.height, s1.width, device=device)
+
+    def optimizer_step() -> None:
+        for p in live.parameters():
+            p.grad = torch.ones_like(p) * 1e-3
+        if grads_finite(live.parameters()):
+            optimizer.step()
+
+    comps = {}
+    if mv is not None:
+        comps.update(teacher_components("MVDream", mv, images, 3, Conditioning(cameras=cams)))
+    comps.update(teacher_components("image (SD)", sd, images.reshape(n, 1, *images.shape[2:]), 3))
+    comps["optimizer: finite check + Adam"] = (optimizer_step, [])
+    return comps
+
+
+def stage1_render(cloud: GaussianCloud, s1: Stage1Config, device) -> dict:
+    cams = stage1_camera_draw(s1, device)
+    live = GaussianCloud.from_state_dict(cloud.state_dict(), requires_grad=True).to(device)
+    g_img = torch.randn(s1.batch * s1.views, 3, s1.height, s1.width, device=device)
+
+    def render() -> None:
+        out = rasterize(
+            live.means, live.scales, live.quats, live.opacity, live.sh, cams, 0.0,
+            live.sh_degree, BACKEND,
+        )  # fmt: skip
+        out.rgb.backward(g_img)
+
+    return {f"render: {cloud.num} Gaussians -> {len(cams)} views, fwd+bwd": (render, [])}
+
+
+def stage2_components(vid, sd, cloud: GaussianCloud, s2: Stage2Config, device) -> dict:
+    B, F, H, W = s2.batch, s2.frames, s2.height, s2.width
+    fps, tau, _ = stage2_draws(s2, device)
+    motion = moving_motion(s2, device)
+    field = motion.segments[-1].field
+    optimizer = torch.optim.Adam(field.parameters(), lr=s2.lr)
+    means0 = cloud.means.detach()
+    knn = knn_indices(means0, k=min(s2.knn, cloud.num - 1))
+    frames = torch.rand(B, F, 3, H, W, device=device)
     with torch.no_grad():
-        z = teacher.encode(images)  # (B, F, 4, h, w)
-    b = z.shape[0]
-    noisy = z.repeat(branches, 1, 1, 1, 1)
-    t = torch.full((b * branches,), 500, device=z.device)
-    emb = teacher.embed([PROMPT]).expand(b * branches, -1, -1)
+        positions0, _ = motion.positions_for_training(means0, tau.reshape(-1))
+
+    def regularizers() -> None:
+        pos = positions0.detach().requires_grad_(True)
+        loss = s2.lambda_rigidity * rigidity_loss(pos - means0[None], knn, validate=False)
+        loss = loss + s2.lambda_jsd * jsd_regularizer(means0, pos)
+        loss.backward()
+
+    def optimizer_step() -> None:
+        for p in field.parameters():
+            p.grad = torch.ones_like(p) * 1e-3
+        if grads_finite(list(field.parameters())):
+            optimizer.step()
+
+    comps = dict(teacher_components("video", vid, frames, 3, Conditioning(fps=fps)))
+    k = s2.image_frames
+    picked = frames[:, :k].reshape(B * k, 1, 3, H, W)
+    comps.update(teacher_components("image (SD)", sd, picked, 2))
+    comps["regularizers: rigidity + JSD, fwd+bwd"] = (regularizers, [])
+    comps["optimizer: finite check + Adam"] = (optimizer_step, [])
+    return comps
+
+
+def stage2_render(cloud: GaussianCloud, s2: Stage2Config, device) -> dict:
+    """The deformation field at every Gaussian and frame, then the frames, forward+backward."""
+    _, tau, cams = stage2_draws(s2, device)
+    motion = moving_motion(s2, device)
+    means0 = cloud.means.detach()
+    g_frames = torch.randn(len(cams), 3, s2.height, s2.width, device=device)
+
+    def render() -> None:
+        positions, _ = motion.positions_for_training(means0, tau.reshape(-1))
+        out = rasterize(
+            positions, cloud.scales, cloud.quats, cloud.opacity, cloud.sh, cams, 0.0,
+            cloud.sh_degree, BACKEND,
+        )  # fmt: skip
+        out.rgb.backward(g_frames)
+
+    return {f"render: field + {cloud.num} Gaussians -> {len(cams)} frames, fwd+bwd": (render, [])}
+
+
+def teacher_components(name: str, teacher, images: torch.Tensor, branches: int, cond=None):
+    """The encoder's forward+backward over ``images`` (B, F, 3, H, W) and one batched UNet call
+    of ``branches`` CFG branches, as the distillation loss runs them."""
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        z = teacher.encode(images, generator=gen)  # (B, F, c, h, w)
+    g_z = torch.randn_like(z)
+    b, f = z.shape[:2]
+    noisy = torch.randn((branches * b, *z.shape[1:]), device=z.device)
+    t = torch.randint(20, 980, (branches * b,), generator=gen).to(z.device)
+    emb = teacher.embed([PROMPT, "", "low motion"][:branches])
+    emb = emb.repeat_interleave(b, dim=0)  # (branches·B, L, D)
     cond_k = None if cond is None else cond.repeat(branches)
+
+    def encoder() -> None:
+        x = images.detach().requires_grad_(True)
+        teacher.encode(x, generator=gen).backward(g_z)
 
     def unet() -> None:
         with torch.no_grad():
             teacher.predict_noise(noisy, t, emb, cond_k)
 
-    print(
-        f"  {name:28s} encode+backward {timed(enc) * 1000:7.1f} ms   unet x{branches} branches "
-        f"{tuple(noisy.shape)} {timed(unet) * 1000:7.1f} ms",
-        flush=True,
-    )
+    unit = f"{b} clips of {f}" if teacher.kind == "video" else f"{b}×{f} images"
+    return {
+        f"{name} VAE encoder, {b * f} frames, fwd+bwd": (encoder, [teacher]),
+        f"{name} UNet, {branches} CFG × {unit}, no grad": (unet, [teacher]),
+    }
 
 
-def set_vae_checkpointing(teachers, on: bool) -> None:
-    for t in teachers:
-        if t is None:
-            continue
-        if on:
-            t.vae.enable_gradient_checkpointing()
-        else:
-            t.vae.disable_gradient_checkpointing()
+def encoder_modes(vid, runtime: Runtime, s2: Stage2Config, device, clock: Clock, reps: int):
+    """The video teacher's encoder forward+backward over one stage-2 batch of frames under each
+    ``encoder_backward``: time, FLOPs and the memory it needs above what was allocated before."""
+    from ayg.teachers.stable_diffusion import ENCODER_BACKWARDS
 
-
-def run_configs(
-    name: str, configs: list[Options], make_step, teachers, warmup: int, iters: int
-) -> None:
-    for opt in configs:
-        set_vae_checkpointing(teachers, opt.vae_checkpointing)
-        for t in teachers:  # every config starts with all weights resident or all offloaded
-            if t is not None and opt.offload:
-                t.offload()
-            elif t is not None:
-                t.activate()
-        torch.cuda.empty_cache()
+    frames = torch.rand(s2.batch, s2.frames, 3, s2.height, s2.width, device=device)
+    n = s2.batch * s2.frames
+    print(f"\nvideo VAE encoder, {n} frames, fwd+bwd, by encoder_backward (paper runtime)")
+    print(f"{'mode':10s} {'ms':>8s} {'TFLOP':>7s} {'GiB above start':>16s} {'GiB/frame':>10s}")
+    out = {}
+    for mode in ENCODER_BACKWARDS:
+        configure([vid], dataclasses.replace(runtime, encoder_backward=mode))
+        (fn, _), _ = teacher_components("video", vid, frames, 3).values()
+        free_memory()
+        base = torch.cuda.memory_allocated() if clock.cuda else 0
+        clock.reset_peak()
         try:
-            sec, peak = measure(lambda s, opt=opt: make_step(opt, s), warmup, iters)
-            print(
-                f"{name:8s} {opt.label():38s} {sec * 1000:9.1f} ms/step   peak {peak:6.1f} GiB",
-                flush=True,
-            )
+            ms = clock.median_ms(fn, reps)
         except torch.OutOfMemoryError:
-            print(f"{name:8s} {opt.label():38s}   out of memory", flush=True)
-        torch.cuda.empty_cache()
+            print(f"{mode:10s} out of memory")
+            continue
+        above = (clock.peak_gib() * GIB - base) / GIB
+        tflop = count_flops(fn, [vid]) / 1e12
+        out[mode] = dict(ms=ms, tflop=tflop, gib_above_start=above, gib_per_frame=above / n)
+        print(f"{mode:10s} {ms:8.1f} {tflop:7.2f} {above:16.2f} {above / n:10.3f}", flush=True)
+    return out
+
+
+def time_components(comps: dict, clock: Clock, reps: int) -> dict[str, dict]:
+    """Median time, peak memory (weights included) and FLOPs of each component alone."""
+    out = {}
+    for name, (fn, teachers) in comps.items():
+        free_memory()
+        clock.reset_peak()
+        ms = clock.median_ms(fn, reps)
+        peak = clock.peak_gib()
+        out[name] = {"ms": ms, "peak_gib": peak, "tflop": count_flops(fn, teachers) / 1e12}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def variants_of(paper: Runtime) -> dict[str, Runtime]:
+    """The paper runtime with one lever changed at a time."""
+    return {
+        "paper-no-graphs": dataclasses.replace(paper, cuda_graphs=False),
+        "paper-keep": dataclasses.replace(paper, encoder_backward="keep"),
+        "paper-convs": dataclasses.replace(paper, encoder_backward="convs"),
+        "paper-channels-last": dataclasses.replace(paper, channels_last=not paper.channels_last),
+        "paper-no-cudnn-bench": dataclasses.replace(paper, cudnn_benchmark=False),
+        "paper-no-tf32": dataclasses.replace(paper, tf32=False),
+    }
+
+
+def runtimes(compile_mode: str, variants: list[str]) -> dict[str, Runtime]:
+    """naive, paper, lowvram and the named variants of the paper runtime."""
+    paper = runtime_of(preset("paper").teachers)
+    if compile_mode != "none":
+        paper = dataclasses.replace(paper, compile=compile_mode)
+    out = {"naive": NAIVE, "paper": paper, "lowvram": runtime_of(preset("lowvram").teachers)}
+    known = variants_of(paper)
+    for name in variants:
+        if name not in known:
+            raise SystemExit(f"--variants takes names from {', '.join(known)}; got {name!r}")
+        out[name] = known[name]
+    return out
+
+
+def print_components(
+    title: str, naive: dict, opt: dict, peak: float, step_naive: float, step_opt: float
+) -> list[dict]:
+    print(f"\n{title}")
+    head = f"{'component':58s} {'naive ms':>9s} {'ms':>8s} {'TFLOP':>7s} {'TFLOP/s':>8s} {'% peak':>7s} {'peak GiB':>8s}"
+    print(head)
+    rows = []
+    for name, r in opt.items():
+        tflop = r["tflop"]
+        rate = tflop / (r["ms"] * 1e-3) if tflop else 0.0
+        rows.append(
+            dict(
+                component=name,
+                naive_ms=naive[name]["ms"],
+                ms=r["ms"],
+                tflop=tflop,
+                tflops=rate,
+                pct_peak=100 * rate / peak if rate else 0.0,
+                peak_gib=r["peak_gib"],
+            )
+        )
+        cells = (
+            f"{tflop:7.2f} {rate:8.1f} {100 * rate / peak:6.1f}%"
+            if tflop
+            else f"{'-':>7s} {'-':>8s} {'-':>7s}"
+        )
+        print(f"{name:58s} {naive[name]['ms']:9.1f} {r['ms']:8.1f} {cells} {r['peak_gib']:8.1f}")
+    s_naive = sum(r["naive_ms"] for r in rows)
+    s_opt = sum(r["ms"] for r in rows)
+    total_tflop = sum(r["tflop"] for r in rows)
+    print(f"{'sum of the components':58s} {s_naive:9.1f} {s_opt:8.1f} {total_tflop:7.2f}")
+    rate = total_tflop / step_opt if step_opt else 0.0
+    print(
+        f"{'whole step (the stage loop)':58s} {step_naive * 1e3:9.1f} {step_opt * 1e3:8.1f} "
+        f"{total_tflop:7.2f} {rate:8.1f} {100 * rate / peak:6.1f}%"
+    )
+    return rows
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_loops(
+    stage: str, runs: list[tuple], device, warmup: int, iters: int
+) -> dict[str, StepFigures]:
+    """runs: (label, runtime, teachers, loop(ctx)). One failure is printed, not raised."""
+    figs = {}
+    for label, rt, teachers, loop in runs:
+        configure(teachers, rt)
+        free_memory()
+        try:
+            figs[label] = f = time_loop(loop, device, warmup, iters)
+        except Exception as e:  # noqa: BLE001 - report and go on with the other runtimes
+            print(f"{stage} {label:8s} failed: {type(e).__name__}: {e}", flush=True)
+            free_memory()
+            continue
+        print(
+            f"{stage} {label:8s} {f.step_s * 1e3:8.1f} ms/step   first step {f.first_step_s:6.2f} s"
+            f"   peak {f.peak_gib:6.1f} GiB",
+            flush=True,
+        )
+    return figs
+
+
+def components_under(
+    labels: list[str], rts: dict, teachers, make: Callable[[], dict], clock: Clock, reps: int
+) -> dict[str, dict]:
+    out = {}
+    for label in labels:
+        configure(teachers, rts[label])
+        try:
+            out[label] = time_components(make(), clock, reps)
+        except Exception as e:  # noqa: BLE001
+            print(f"# components under {label} failed: {type(e).__name__}: {e}", flush=True)
+    return out
+
+
+BACKEND = "auto"  # the renderer of every render in this run (set once the renderer is known)
+
+
+def choose_renderer(ready: Path | None, timeout_s: float) -> str:
+    """ "auto" (gsplat when it loads), or "torch" when ``ready``, a file another process creates
+    once it has built gsplat's extension, is still missing after ``timeout_s``: importing gsplat
+    while that build runs would start a second build over the first."""
+    if ready is None:
+        return "auto"
+    t0 = time.perf_counter()
+    while not ready.exists() and time.perf_counter() - t0 < timeout_s:
+        time.sleep(2.0)
+    print(f"# waited {time.perf_counter() - t0:.0f} s for {ready}: exists={ready.exists()}")
+    return "auto" if ready.exists() else "torch"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage", choices=["1", "2", "all"], default="all")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--breakdown", action="store_true", help="also time encoders and UNets alone")
+    ap.add_argument("--video", choices=sorted(VIDEO_TEACHERS), default="zeroscope")
+    ap.add_argument(
+        "--compile",
+        choices=["none", "default", "max-autotune-no-cudagraphs"],
+        default="none",
+        help="torch.compile the UNets' forward in the optimised runtime (cost: the first step)",
+    )
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each loop")
+    ap.add_argument("--iters", type=int, default=5, help="timed steps of each loop")
+    ap.add_argument("--reps", type=int, default=5, help="timings of each component")
+    ap.add_argument("--gaussians", type=int, default=50_000)
+    ap.add_argument("--device", default=None, help="default: cuda (--tiny: cpu)")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures to this file")
+    ap.add_argument("--commit", default=None, help="commit to record (default: git HEAD)")
+    ap.add_argument("--tiny", action="store_true", help="tiny random models: a CPU check")
+    ap.add_argument("--skip", default="", help="comma-separated runtimes to leave out")
+    ap.add_argument(
+        "--renderer-ready",
+        type=Path,
+        default=None,
+        help="a file whose existence says gsplat's extension, built by another process, is "
+        "ready: the first render waits for it (--renderer-wait s, then renders with torch)",
+    )
+    ap.add_argument("--renderer-wait", type=float, default=300.0)
+    ap.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated variants of the paper runtime to time too (one lever changed): "
+        + ", ".join(variants_of(NAIVE)),
+    )
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/step.py needs a CUDA device")
-    device, dtype = torch.device(args.device), torch.bfloat16
+    if args.warmup < 1 or args.iters < 1 or args.reps < 1:
+        raise SystemExit("--warmup, --iters and --reps must be >= 1")
+    device = torch.device(args.device or ("cpu" if args.tiny else "cuda"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/step.py needs a CUDA device (or --tiny on the CPU)")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n_gauss = 500 if args.tiny else args.gaussians
+    clock = Clock(device)
     torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    gen = torch.Generator().manual_seed(0)
-    print(f"# {torch.cuda.get_device_name(device)}, torch {torch.__version__}, bf16")
+    skip = {s for s in args.skip.split(",") if s}
+    stages = {"1": ["1"], "2": ["2"], "all": ["1", "2"]}[args.stage]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"# {name}, torch {torch.__version__}, {dtype}")
+    peak = matmul_peak(device, dtype, clock)
+    print(f"# measured {dtype} matrix product: {peak:.1f} TFLOP/s", flush=True)
+    res: dict[str, Any] = dict(
+        device=name,
+        commit=args.commit or git_commit(),
+        torch=torch.__version__,
+        peak_tflops=peak,
+        video_teacher=args.video,
+        compile=args.compile,
+        gaussians=n_gauss,
+        command=" ".join(["python", "benchmarks/step.py", *sys.argv[1:]]),
+    )
+    variants = [v for v in args.variants.split(",") if v]
+    rts = {k: v for k, v in runtimes(args.compile, variants).items() if k not in skip}
+    res["runtimes"] = {k: dataclasses.asdict(v) for k, v in rts.items()}
+    s1cfg, s2cfg = stage_configs(args.tiny)
+    cloud = make_cloud(n_gauss, device)
+    steps = args.warmup + args.iters
+    compared = [k for k in ("naive", "paper") if k in rts]
 
+    # -- the teachers, and every component but the renderer (which may still be building) --
     t0 = time.perf_counter()
-    sd = build_sd(device, dtype)
+    sd = build_sd(device, dtype, args.tiny)
     print(f"# image teacher (SD 2.1 base size): {n_params(sd):.0f} M parameters")
     mv = vid = None
-    if args.stage in ("1", "all"):
-        mv = build_mvdream(device, dtype)
-        if mv is not None:
-            print(f"# multiview teacher (MVDream size): {n_params(mv):.0f} M parameters")
-    if args.stage in ("2", "all"):
-        vid = build_video(device, dtype)
-        print(f"# video teacher (Zeroscope size): {n_params(vid):.0f} M parameters")
-    torch.cuda.synchronize()
-    print(
-        f"# built in {time.perf_counter() - t0:.1f} s; weights {torch.cuda.memory_allocated() / GIB:.1f} GiB"
-    )
-
-    if args.stage in ("1", "all"):
-        configs = [Options(), Options(offload=True), Options(vae_checkpointing=True)]
-        run_configs(
-            "stage1",
-            configs,
-            lambda o, s: stage1_step(mv, sd, device, o, s, gen),
+    comps: dict[str, dict] = {}
+    if "1" in stages:
+        mv = build_mvdream(device, dtype, args.tiny)
+        print(f"# multiview teacher (MVDream size): {n_params(mv):.0f} M parameters", flush=True)
+        comps["1"] = components_under(
+            compared,
+            rts,
             [mv, sd],
-            args.warmup,
-            args.iters,
+            lambda: stage1_components(mv, sd, cloud, s1cfg, device),
+            clock,
+            args.reps,
         )
-    if args.stage in ("2", "all"):
-        configs = [
-            Options(grad_frames=None),
-            Options(grad_frames=None, vae_checkpointing=True),
-            Options(grad_frames=4),
-            Options(grad_frames=1),
-            Options(grad_frames=4, offload=True),
-            Options(grad_frames=4, vae_checkpointing=True),
-        ]
-        if mv is not None:
-            mv.offload()  # stage 2 does not use MVDream
-            torch.cuda.empty_cache()
-        run_configs(
-            "stage2",
-            configs,
-            lambda o, s: stage2_step(vid, sd, device, o, s, gen),
+        mv.offload()
+        free_memory()
+    if "2" in stages:
+        vid = VIDEO_TEACHERS[args.video](device, dtype, args.tiny)
+        print(f"# video teacher ({args.video} size): {n_params(vid):.0f} M parameters", flush=True)
+        comps["2"] = components_under(
+            compared,
+            rts,
             [vid, sd],
-            args.warmup,
-            args.iters,
+            lambda: stage2_components(vid, sd, cloud, s2cfg, device),
+            clock,
+            args.reps,
         )
+        if "paper" in rts:
+            res["encoder_modes"] = encoder_modes(vid, rts["paper"], s2cfg, device, clock, args.reps)
+    print(f"# teachers built and components timed in {time.perf_counter() - t0:.0f} s", flush=True)
 
-    if args.breakdown:
-        print("# breakdown (bf16):")
-        set_vae_checkpointing([mv, sd, vid], False)
-        if mv is not None:
-            cams = Stage1CameraSampler().sample(1, gen, device)
-            breakdown(
-                "mvdream 4x256^2",
-                mv,
-                torch.rand(1, 4, 3, 256, 256, device=device),
-                3,
-                Conditioning(cameras=cams),
-            )
-            mv.offload()
-        breakdown("image 4x(256^2->320x512)", sd, torch.rand(4, 1, 3, 256, 256, device=device), 3)
-        breakdown(
-            "image 16x(160x256->320x512)", sd, torch.rand(16, 1, 3, 160, 256, device=device), 2
-        )
+    # -- the renderer --
+    global BACKEND
+    BACKEND = choose_renderer(args.renderer_ready, args.renderer_wait)
+    res["renderer"] = "gsplat" if BACKEND == "auto" and gsplat_available() else "torch"
+    print(f"# renderer: {res['renderer']}", flush=True)
+    for stage in stages:
+        make = stage1_render if stage == "1" else stage2_render
+        cfg = s1cfg if stage == "1" else s2cfg
+        for label in compared:
+            configure([sd], rts[label])  # TF32 for the field follows the runtime
+            try:
+                comps[stage].setdefault(label, {}).update(
+                    time_components(make(cloud, cfg, device), clock, args.reps)
+                )
+            except Exception as e:  # noqa: BLE001
+                print(f"# render under {label} failed: {type(e).__name__}: {e}", flush=True)
+
+    # -- the stage loops --
+    figs1: dict[str, StepFigures] = {}
+    figs2: dict[str, StepFigures] = {}
+    if "1" in stages:
         if vid is not None:
-            fps = Conditioning(fps=torch.full((4,), 4.0, device=device))
-            clips = torch.rand(4, 16, 3, 160, 256, device=device)
-            for k in (None, 4, 1):
-                breakdown(f"video 4x16 grad_frames={k or 'all'}", vid, clips, 3, fps, grad_frames=k)
+            vid.offload()
+            vid.vae.to("cpu")
+        mv.activate()
+        s1 = dataclasses.replace(s1cfg, steps=steps)
+
+        def loop1(ctx, s1=s1):
+            return run_stage1(PROMPT, s1, {"multiview": mv, "image": sd}, ctx, 0, cloud)
+
+        runs = [(k, rt, [mv, sd], loop1) for k, rt in rts.items() if k != "lowvram"]
+        figs1 = run_loops("stage1", runs, device, args.warmup, args.iters)
+        mv.offload()
+        free_memory()
+    if "2" in stages:
+        vid.activate()
+        runs = []
+        for label, rt in rts.items():
+            runs.append((label, rt, [vid, sd], stage2_loop(vid, sd, cloud, s2cfg, steps, None)))
+        if "fast" not in skip and not args.tiny:
+            fast = preset("fast")
+            loop = stage2_loop(vid, sd, cloud, fast.stage2, steps, fast.teachers.grad_frames)
+            runs.append(("fast", runtime_of(fast.teachers), [vid, sd], loop))
+        figs2 = run_loops("stage2", runs, device, args.warmup, args.iters)
+
+    # -- report --
+    for stage, figs in (("1", figs1), ("2", figs2)):
+        c = comps.get(stage, {})
+        if "naive" in c and "paper" in c and "naive" in figs and "paper" in figs:
+            res[f"stage{stage}_components"] = print_components(
+                f"stage {stage} components (naive ms: plain eager; ms, TFLOP/s, % peak and peak "
+                "memory: the paper runtime)",
+                c["naive"],
+                c["paper"],
+                peak,
+                figs["naive"].step_s,
+                figs["paper"].step_s,
+            )
+        res[f"stage{stage}"] = {k: dataclasses.asdict(v) for k, v in figs.items()}
+    keys = {
+        ("1", "paper"): ("stage1_step_s", "stage1_peak_gib"),
+        ("1", "naive"): ("naive_stage1_step_s", "naive_stage1_peak_gib"),
+        ("2", "paper"): ("stage2_step_s", "stage2_peak_gib"),
+        ("2", "naive"): ("naive_stage2_step_s", "naive_stage2_peak_gib"),
+        ("2", "lowvram"): ("lowvram_stage2_step_s", "lowvram_peak_gib"),
+        ("2", "fast"): ("fast_stage2_step_s", "fast_stage2_peak_gib"),
+    }
+    for (stage, label), (step_key, peak_key) in keys.items():
+        figs = figs1 if stage == "1" else figs2
+        if label in figs:
+            res[step_key], res[peak_key] = figs[label].step_s, figs[label].peak_gib
+    for stage, figs in (("1", figs1), ("2", figs2)):
+        if "naive" in figs and "paper" in figs:
+            ratio = figs["naive"].step_s / figs["paper"].step_s
+            res[f"stage{stage}_speedup_vs_naive"] = ratio
+            print(f"# stage {stage}: naive / paper runtime step time = {ratio:.2f}")
+    if "paper" in figs1 and "paper" in figs2:
+        project(res)
+    if args.json is not None:
+        write_text(args.json, json.dumps(res, indent=2, sort_keys=True) + "\n")
+        print(f"# wrote {args.json}")
+
+
+def stage2_loop(vid, sd, cloud, cfg2: Stage2Config, steps: int, grad_frames: int | None):
+    cfg2 = dataclasses.replace(cfg2, steps=steps)
+
+    def loop(ctx):
+        motion = Motion([new_segment(cfg2, "base", PROMPT, ctx.device)])
+        teachers = {"video": vid, "image": sd}
+        return run_stage2(PROMPT, cfg2, cloud, motion, teachers, ctx, 1, grad_frames)
+
+    return loop
+
+
+def project(res: dict) -> None:
+    """The paper pipeline's wall time from the step times: stage 1 and the 3D fine-tuning of C.9
+    at the stage-1 step, stage 2 and the 4D fine-tuning at the stage-2 step, plus each loop's
+    first-step overhead (graph capture, cuDNN autotuning, compilation) once per loop."""
+    cfg, ft = RunConfig(), FinetuneConfig()
+    s1, s2 = res["stage1_step_s"], res["stage2_step_s"]
+    over1 = max(0.0, res["stage1"]["paper"]["first_step_s"] - s1)
+    over2 = max(0.0, res["stage2"]["paper"]["first_step_s"] - s2)
+    steps1, steps2 = cfg.stage1.steps + ft.steps_3d, cfg.stage2.steps + ft.steps_4d
+    total = steps1 * s1 + steps2 * s2 + 2 * over1 + 2 * over2
+    no_ft = cfg.stage1.steps * s1 + cfg.stage2.steps * s2 + over1 + over2
+    res["paper_pipeline_projected_min"] = total / 60
+    res["paper_pipeline_no_finetune_projected_min"] = no_ft / 60
+    res["projection"] = dict(
+        stage1_steps=steps1, stage2_steps=steps2, stage1_overhead_s=over1, stage2_overhead_s=over2
+    )
+    print(
+        f"\n# projected paper pipeline: {total / 60:.1f} min ({steps1} stage-1/3D steps at "
+        f"{s1 * 1e3:.0f} ms, {steps2} stage-2/4D steps at {s2 * 1e3:.0f} ms, first-step overheads "
+        f"{over1:.1f} s + {over2:.1f} s per loop); without the fine-tuning {no_ft / 60:.1f} min"
+    )
 
 
 if __name__ == "__main__":

@@ -424,7 +424,9 @@ def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
     from ayg.stages import LossLog, RunContext, run_stage1
     from ayg.teachers import build_teachers
 
-    def fake_distill(teacher, term, images, prompt, step, generator=None, cond=None, views=None):
+    def fake_distill(
+        teacher, term, images, prompt, step, generator=None, cond=None, views=None, sync=True
+    ):
         scale = float("nan") if step == 2 else 1.0
         return images.mean() * scale, {}
 

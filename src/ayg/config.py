@@ -1,5 +1,5 @@
 """Run configuration: typed dataclasses with the paper's defaults (tables 3 and 4, appendix C
-and E.2), the presets ``paper`` / ``fast`` / ``toy`` / ``tiny``, and ``key=value`` overrides.
+and E.2), the presets ``paper`` / ``lowvram`` / ``fast`` / ``toy`` / ``tiny``, and ``key=value`` overrides.
 
 One source of truth for defaults: the dataclass fields below. A preset is a function that
 returns a ``RunConfig`` with some fields changed; the command line applies ``--set a.b=v``
@@ -59,6 +59,19 @@ class TeacherConfig:
     multiview_revision: str | None = None
     video_revision: str | None = None
     grad_frames: int | None = None  # backprop through the video encoder for only k frames
+    # How the real teachers run on CUDA (ayg.teachers.runtime); none of these changes the
+    # maths, every frame keeps its gradient. encoder_backward: what the VAE encoders store for
+    # their backward, "keep" (everything), "convs" (convolution outputs), "lean" (those below
+    # full resolution) or "recompute" (nothing: the encoder runs again, encoder_chunk frames at
+    # a time); ayg.teachers.stable_diffusion.ENCODER_BACKWARDS has the memory of each.
+    # compile: "none" or a torch.compile mode for the UNets' forward.
+    encoder_backward: str = "lean"
+    encoder_chunk: int = 8
+    channels_last: bool = False  # measured slower on the H200: the VAE's GroupNorms (step.md)
+    cuda_graphs: bool = True
+    compile: str = "none"
+    cudnn_benchmark: bool = True
+    tf32: bool = True  # float32 matrix products (the deformation field) on TF32 tensor cores
 
 
 @dataclass
@@ -329,6 +342,17 @@ def fast_preset() -> RunConfig:
     return cfg
 
 
+def lowvram_preset() -> RunConfig:
+    """The paper's settings on a 24 GB card: the same steps, resolutions, teachers and CFG
+    branches, and every frame keeps its gradient. What it trades is time: the VAE encoders keep
+    no activations and run their forward a second time during the backward, 4 frames at a time
+    (one more encoder forward per frame; docs/results/step.md has the cost)."""
+    cfg = RunConfig(preset="lowvram")
+    cfg.teachers.encoder_backward = "recompute"
+    cfg.teachers.encoder_chunk = 4
+    return cfg
+
+
 def toy_preset() -> RunConfig:
     """The offline toy world (DESIGN §7): shipped pixel-space teachers, CPU in minutes."""
     cfg = RunConfig(preset="toy")
@@ -409,7 +433,13 @@ def tiny_preset() -> RunConfig:
     return cfg
 
 
-PRESETS = {"paper": paper_preset, "fast": fast_preset, "toy": toy_preset, "tiny": tiny_preset}
+PRESETS = {
+    "paper": paper_preset,
+    "lowvram": lowvram_preset,
+    "fast": fast_preset,
+    "toy": toy_preset,
+    "tiny": tiny_preset,
+}
 
 
 def preset(name: str) -> RunConfig:
@@ -523,6 +553,14 @@ def validate(cfg: RunConfig) -> None:
         if value is not None and not value.strip():
             raise ValueError(f"{_field('teachers.' + name)} must be a non-empty string or null")
     _check_int("teachers.grad_frames", t.grad_frames, 1, cfg.stage2.frames, optional=True)
+    if t.encoder_backward not in ("keep", "convs", "lean", "recompute"):
+        raise ValueError(
+            "config field 'teachers.encoder_backward' must be keep, convs, lean or recompute, "
+            f"got '{t.encoder_backward}'"
+        )
+    _check_int("teachers.encoder_chunk", t.encoder_chunk, 1, 4096)
+    compile_modes = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+    _check_choice("teachers.compile", t.compile, compile_modes)
 
     s1 = cfg.stage1
     _check_int("stage1.steps", s1.steps, 1, MAX_STEPS)

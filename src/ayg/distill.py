@@ -190,6 +190,16 @@ def to_timesteps(t: Tensor, num_train_timesteps: int) -> Tensor:
     return (t.double() * num_train_timesteps).round().long().clamp_(0, num_train_timesteps - 1)
 
 
+def host_to(t: Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> Tensor:
+    """A tensor drawn on the host (the run's generators live on the CPU) onto ``device``
+    without a host sync: a plain copy to a CUDA device waits for every queued kernel, a copy
+    from pinned memory does not."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device=device, dtype=dtype, non_blocking=True)
+    return t.to(device=device, dtype=dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Weighting w(t)
 
@@ -394,8 +404,24 @@ def _embed_batch(teacher: Teacher, prompts: list[str]) -> Tensor:
     """(len(prompts), L, D): each distinct prompt embedded once, then gathered."""
     unique = list(dict.fromkeys(prompts))
     emb = teacher.embed(unique)  # (P, L, D)
-    index = torch.tensor([unique.index(p) for p in prompts], device=emb.device)
+    index = host_to(torch.tensor([unique.index(p) for p in prompts]), emb.device)
     return emb.index_select(0, index)
+
+
+def term_prompts(term: TeacherTerm, prompt: str) -> list[str]:
+    """Every prompt a term can ask its teacher for: the prompt, "", the negative prompt and,
+    with view guidance, the prompt augmented by each view word (D.3)."""
+    views = list(VIEW_SUFFIXES) if term.uses_views else None
+    return list(dict.fromkeys(_branch_prompts(term, prompt, len(views or [0]), views)))
+
+
+def prime_prompts(teacher: Teacher, term: TeacherTerm, prompt: str) -> None:
+    """Embed every prompt of :func:`term_prompts` now and, where the teacher can, take its text
+    encoder off the GPU: a stage then runs with the embeddings cached."""
+    teacher.embed(term_prompts(term, prompt))
+    release = getattr(teacher, "release_text_encoder", None)
+    if release is not None:
+        release()
 
 
 def _check_inputs(teacher: Teacher, term: TeacherTerm, images: Tensor, views, batch: int) -> None:
@@ -423,7 +449,8 @@ def distill_loss(
     generator: torch.Generator | None = None,
     cond: Conditioning | None = None,
     views: Sequence[str] | None = None,
-) -> tuple[Tensor, dict[str, float]]:
+    sync: bool = True,
+) -> tuple[Tensor, dict[str, float | Tensor]]:
     """The surrogate loss of one teacher term and its statistics.
 
     images: (B, F, 3, H, W) in [0, 1], attached to the graph of the Gaussians / the field.
@@ -436,6 +463,8 @@ def distill_loss(
     are frames of B sequences), with t drawn per sample (shared by its frames); see
     :func:`guidance_direction`. Pass the frames as (B, F, ...) — flattening them to (B·F, 1, ...)
     first would divide each frame's gradient by F once more.
+    The statistics are floats, or with ``sync=False`` detached 0-dim tensors: reading them
+    waits for the GPU, which a training step should do only when it logs.
     """
     sequences = images.shape[0] if images.ndim == 5 else 0
     if teacher.frames == 1 and images.ndim == 5 and images.shape[1] > 1:
@@ -451,8 +480,8 @@ def distill_loss(
 
     alphas = teacher.alphas_cumprod().to(device=device, dtype=torch.float32)  # (T,)
     t_frac = term.t_range.sample(batch, step, generator)  # (B,)
-    timesteps = to_timesteps(t_frac, alphas.shape[0]).to(device)  # (B,)
-    noise = torch.randn(latents.shape, generator=generator).to(device)  # (B, F, c, h, w)
+    timesteps = host_to(to_timesteps(t_frac, alphas.shape[0]), device)  # (B,)
+    noise = host_to(torch.randn(latents.shape, generator=generator), device)  # (B, F, c, h, w)
     view_shape = (batch,) + (1,) * (latents.ndim - 1)
     a_t = alphas[timesteps].view(view_shape)
 
@@ -478,22 +507,35 @@ def distill_loss(
 
     loss = surrogate_loss(latents, grad, sequences)
     stats = {
-        "loss": float(loss.detach()),
-        "t_mean": float(t_frac.mean()),
-        "w_mean": float(w.mean()),
-        "grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
-        "cls_norm": float(
-            classifier_score(branches.cond, branches.uncond).flatten(1).norm(dim=1).mean()
-        ),
+        "loss": loss.detach(),
+        "t_mean": t_frac.mean(),
+        "w_mean": w.mean(),
+        "grad_norm": grad.flatten(1).norm(dim=1).mean(),
+        "cls_norm": classifier_score(branches.cond, branches.uncond).flatten(1).norm(dim=1).mean(),
     }
-    return loss, stats
+    return loss, (as_floats(stats) if sync else stats)
+
+
+def as_floats(stats: Mapping[str, float | Tensor]) -> dict[str, float]:
+    """Statistics with every 0-dim tensor read as a float, in one host sync per device."""
+    out = dict(stats)
+    by_device: dict[torch.device, list[str]] = {}
+    for key, value in stats.items():
+        if isinstance(value, Tensor):
+            by_device.setdefault(value.device, []).append(key)
+    for keys in by_device.values():
+        values = torch.stack([stats[k].detach().double().reshape(()) for k in keys]).tolist()
+        out.update(zip(keys, values, strict=True))
+    return out
 
 
 def compose(
-    parts: Mapping[str, tuple[Tensor, dict[str, float]]],
-) -> tuple[Tensor, dict[str, float]]:
+    parts: Mapping[str, tuple[Tensor, Mapping[str, float | Tensor]]],
+    sync: bool = True,
+) -> tuple[Tensor, dict[str, float | Tensor]]:
     """Sum of teacher terms (the product of teacher distributions, D.1-D.2) and their statistics
-    as ``"name/key"``. One ``backward()`` of the sum reaches the scene through every encoder."""
+    as ``"name/key"``. One ``backward()`` of the sum reaches the scene through every encoder.
+    ``sync=False`` leaves the total's statistic a tensor (see :func:`distill_loss`)."""
     if not parts:
         raise ValueError("compose needs at least one teacher term")
     total: Tensor | None = None
@@ -502,5 +544,5 @@ def compose(
         total = loss if total is None else total + loss
         stats.update({f"{name}/{key}": value for key, value in s.items()})
     assert total is not None
-    stats["loss"] = float(total.detach())
+    stats["loss"] = float(total.detach()) if sync else total.detach()
     return total, stats

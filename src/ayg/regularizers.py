@@ -99,23 +99,26 @@ class _ChunkedRigidity(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         rows, knn = ctx.saved_tensors
         n, t3 = rows.shape
-        c2 = 2.0 * ctx.scale * float(grad_out)  # a scalar loss: one sync, then plain floats
         grad = torch.zeros_like(rows)  # (N, T·3)
         for a in range(0, n, ctx.chunk):
             nn_idx = knn[a : a + ctx.chunk]  # (c, k)
             diff = rows[a : a + ctx.chunk, None, :] - rows[nn_idx]  # (c, k, T·3)
-            # d/dδ[n] of ‖δ[n] − δ[m]‖² is +2·diff, d/dδ[m] is −2·diff
-            grad[a : a + ctx.chunk] += c2 * diff.sum(1)
-            grad.index_add_(0, nn_idx.reshape(-1), diff.reshape(-1, t3), alpha=-c2)
+            # d/dδ[n] of ‖δ[n] − δ[m]‖² is +2·diff, d/dδ[m] is −2·diff (the 2 is applied below)
+            grad[a : a + ctx.chunk] += diff.sum(1)
+            grad.index_add_(0, nn_idx.reshape(-1), diff.reshape(-1, t3), alpha=-1.0)
+        # the upstream gradient stays a device tensor: reading it would wait for the GPU
+        grad = grad.mul_(grad_out.to(grad.dtype) * (2.0 * ctx.scale))
         grad = grad.view(n, ctx.t, 3).permute(1, 0, 2).contiguous()  # (T, N, 3)
         return grad, None, None, None
 
 
-def rigidity_loss(delta: Tensor, knn: Tensor, chunk: int = 4096) -> Tensor:
+def rigidity_loss(delta: Tensor, knn: Tensor, chunk: int = 4096, validate: bool = True) -> Tensor:
     """L_Rigidity of eq. 5 (C.4): (1/k) Σ_i ‖Δ − Δ_NN_i‖², averaged over Gaussians and times.
 
     delta (T, N, 3) displacements; knn (N, k) neighbour indices from ``knn_indices`` on the
     stage-1 cloud. Works ``chunk`` Gaussians at a time in forward and backward.
+    ``validate=False`` skips the range check of ``knn`` (it reads the indices on the host, a
+    GPU sync): for a training loop that built ``knn`` itself.
     """
     if delta.ndim != 3 or delta.shape[-1] != 3:
         raise ValueError(f"delta must have shape (T, N, 3), got {tuple(delta.shape)}")
@@ -130,7 +133,7 @@ def rigidity_loss(delta: Tensor, knn: Tensor, chunk: int = 4096) -> Tensor:
     if t == 0 or n == 0 or k == 0:
         return delta.new_zeros(())
     knn = knn.to(device=delta.device, dtype=torch.long)
-    if int(knn.min()) < 0 or int(knn.max()) >= n:
+    if validate and (int(knn.min()) < 0 or int(knn.max()) >= n):
         raise ValueError(f"knn indices must lie in [0, {n - 1}]")
     return _ChunkedRigidity.apply(delta, knn, 1.0 / (t * n * k), chunk)
 

@@ -33,7 +33,14 @@ from torch import Tensor
 from ayg.cameras import FpsSampler, Stage1CameraSampler, Stage2CameraSampler, view_direction
 from ayg.config import Stage1Config, Stage2Config
 from ayg.deformation import DeformationConfig, DeformationField, Motion, Segment
-from ayg.distill import Conditioning, TeacherTerm, TRangeSchedule, distill_loss
+from ayg.distill import (
+    Conditioning,
+    TeacherTerm,
+    TRangeSchedule,
+    as_floats,
+    distill_loss,
+    prime_prompts,
+)
 from ayg.gaussians import (
     DensifyStrategy,
     GaussianCloud,
@@ -123,11 +130,10 @@ class RunContext:
     callback: StepCallback | None = None  # called after every step (tests interrupt runs here)
 
 
-def _grads_finite(params: list[Tensor]) -> bool:
-    for p in params:
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            return False
-    return True
+def grads_finite(params: list[Tensor]) -> bool:
+    """Whether every gradient is finite, read with one host sync for all of them."""
+    flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool):
@@ -221,13 +227,19 @@ def _end_of_step(
     postfix: dict[str, Any],
     checkpoint: Callable[[], dict],
 ) -> None:
-    """Log, progress bar, periodic atomic checkpoint (built lazily) and the step callback."""
+    """Log, progress bar, periodic atomic checkpoint (built lazily) and the step callback.
+    Statistics may be device tensors: they are read (one host sync) only on logging steps, so
+    the other steps queue their work without waiting for the GPU."""
     done = step + 1
-    if done % ctx.log_every == 0 or done == total:
+    logging = done % ctx.log_every == 0 or done == total
+    if logging:
+        stats = as_floats(stats)
         ctx.log.write(phase, step, stats)
     if bar is not None:
         bar.update(1)
-        bar.set_postfix(loss=f"{stats['loss']:.3g}", **postfix)
+        if logging:
+            post = {k: (v(stats) if callable(v) else v) for k, v in postfix.items()}
+            bar.set_postfix(loss=f"{stats['loss']:.3g}", **post)
     if ctx.checkpoint_path is not None and done % ctx.checkpoint_every == 0 and done < total:
         atomic_torch_save(checkpoint(), ctx.checkpoint_path)
     if ctx.callback is not None:
@@ -331,13 +343,18 @@ def run_stage1(
     im_teacher = teachers.get("image") if cfg.use_image else None
     if mv_teacher is None and im_teacher is None:
         raise ValueError("stage 1 needs at least one of the multiview and image teachers")
+    for teacher, term in ((mv_teacher, mv_term), (im_teacher, im_term)):
+        if teacher is not None:
+            prime_prompts(teacher, term, prompt)
 
     bar = _progress(cfg.steps, start, phase, ctx.progress)
     _reset_peak_memory(device)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         update_learning_rate(optimizer, lr, step)
-        cams = sampler.sample(cfg.batch, generator, device)  # B·V cameras
+        # drawn on the host, then moved: the view words below are read without a GPU sync
+        cams_host = sampler.sample(cfg.batch, generator, "cpu")  # B·V cameras
+        cams = cams_host.to(device)
         bg = _random_backgrounds(cfg.batch, generator, device).repeat_interleave(cfg.views, 0)
         out = render_gaussians(cloud, cams, background=bg, backend=ctx.backend)
         info = {
@@ -360,13 +377,16 @@ def run_stage1(
                 step,
                 generator,
                 cond=Conditioning(cameras=cams),
+                sync=False,
             )
             loss = loss + l_mv
             stats.update({f"mv_{k}": v for k, v in s.items()})
         if im_teacher is not None:
             views = [
                 view_direction(float(e), float(a))
-                for e, a in zip(cams.elevation.tolist(), cams.azimuth.tolist(), strict=False)
+                for e, a in zip(
+                    cams_host.elevation.tolist(), cams_host.azimuth.tolist(), strict=False
+                )
             ]
             l_im, s = distill_loss(
                 im_teacher,
@@ -376,6 +396,7 @@ def run_stage1(
                 step,
                 generator,
                 views=views,
+                sync=False,
             )
             loss = loss + l_im
             stats.update({f"im_{k}": v for k, v in s.items()})
@@ -383,14 +404,14 @@ def run_stage1(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for g in optimizer.param_groups for p in g["params"]]
-        if _grads_finite(params):
+        if grads_finite(params):
             optimizer.step()
         else:
             skipped += 1
             optimizer.zero_grad(set_to_none=True)
         event = strategy.step_post_backward(cloud, optimizer, strategy_state, step, info)
         done = step + 1
-        stats.update(loss=loss.item(), n_gaussians=cloud.num, skipped_steps=skipped)
+        stats.update(loss=loss.detach(), n_gaussians=cloud.num, skipped_steps=skipped)
         if isinstance(event, dict):
             stats.update({k: v for k, v in event.items() if isinstance(v, (int, float))})
         _end_of_step(
@@ -538,6 +559,9 @@ def run_stage2(
     image = teachers.get("image") if cfg.use_image else None
     if video is None:
         raise ValueError("stage 2 needs a video teacher")
+    prime_prompts(video, vid_term, prompt)
+    if image is not None:
+        prime_prompts(image, im_term, prompt)
 
     B, F, H, W = cfg.batch, cfg.frames, cfg.height, cfg.width
     bar = _progress(cfg.steps, start, phase, ctx.progress)
@@ -562,7 +586,7 @@ def run_stage2(
         frames = out.rgb.view(B, F, 3, H, W)
 
         l_vid, s_vid = distill_loss(
-            video, vid_term, frames, prompt, step, generator, cond=Conditioning(fps=fps)
+            video, vid_term, frames, prompt, step, generator, Conditioning(fps=fps), sync=False
         )
         loss = l_vid
         stats = {f"vid_{k}": v for k, v in s_vid.items()}
@@ -570,11 +594,11 @@ def run_stage2(
             idx = image_frame_indices(B, F, cfg.image_frames, generator).to(device)  # (B, k)
             picked = torch.gather(frames, 1, idx[:, :, None, None, None].expand(-1, -1, 3, H, W))
             # (B, k, 3, H, W): each picked frame one image sample, at the video frames' scale
-            l_im, s_im = distill_loss(image, im_term, picked, prompt, step, generator)
+            l_im, s_im = distill_loss(image, im_term, picked, prompt, step, generator, sync=False)
             loss = loss + l_im
             stats.update({f"im_{k}": v for k, v in s_im.items()})
         delta = positions - canon[None]  # (B·F, N, 3) displacement of this segment
-        l_rig = rigidity_loss(delta, knn)
+        l_rig = rigidity_loss(delta, knn, validate=False)  # knn is ours: no per-step check
         l_jsd = jsd_regularizer(canon, positions)
         loss = (
             loss + cfg.lambda_rigidity * l_rig + cfg.lambda_jsd * l_jsd + cfg.lambda_interp * interp
@@ -582,18 +606,18 @@ def run_stage2(
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if _grads_finite(list(trained.parameters())):
+        if grads_finite(list(trained.parameters())):
             optimizer.step()
         else:
             skipped += 1
             optimizer.zero_grad(set_to_none=True)
         done = step + 1
         stats.update(
-            loss=loss.item(),
-            rigidity=l_rig.item(),
-            jsd=l_jsd.item(),
-            interp=float(interp.detach()) if torch.is_tensor(interp) else float(interp),
-            motion=delta.norm(dim=-1).mean().item(),
+            loss=loss.detach(),
+            rigidity=l_rig.detach(),
+            jsd=l_jsd.detach(),
+            interp=interp.detach() if torch.is_tensor(interp) else float(interp),
+            motion=delta.detach().norm(dim=-1).mean(),
             skipped_steps=skipped,
         )
         _end_of_step(
@@ -603,7 +627,7 @@ def run_stage2(
             step,
             cfg.steps,
             stats,
-            {"motion": f"{stats['motion']:.3f}", "skip": skipped},
+            {"motion": lambda st: f"{st['motion']:.3f}", "skip": skipped},
             lambda done=done, skipped=skipped: {
                 "phase": phase,
                 "step": done,

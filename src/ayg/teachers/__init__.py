@@ -56,6 +56,11 @@ def build_teachers(
         out["video"] = VideoTeacher.from_pretrained(
             cfg.video_model, device=device, dtype=dtype, revision=cfg.video_revision, **hub
         )
+    if device.type == "cuda":
+        from ayg.teachers.runtime import configure_teacher
+
+        for t in out.values():
+            configure_teacher(t, runtime_of(cfg))
     if cfg.offload_idle:
         for t in out.values():
             t.offload()
@@ -87,6 +92,21 @@ def check_teachers_runnable(cfg: TeacherConfig, device_name: str, preset: str) -
         f"preset '{preset}' runs real diffusion models and needs "
         + " and ".join(needs)
         + "; --preset toy runs offline on a CPU in minutes"
+    )
+
+
+def runtime_of(cfg: TeacherConfig):
+    """The ``ayg.teachers.runtime.Runtime`` a teacher config asks for."""
+    from ayg.teachers.runtime import Runtime
+
+    return Runtime(
+        encoder_backward=cfg.encoder_backward,
+        encoder_chunk=cfg.encoder_chunk,
+        channels_last=cfg.channels_last,
+        cuda_graphs=cfg.cuda_graphs,
+        compile=cfg.compile,
+        cudnn_benchmark=cfg.cudnn_benchmark,
+        tf32=cfg.tf32,
     )
 
 

@@ -63,6 +63,7 @@ from ayg.teachers.hub import (
 )
 from ayg.teachers.stable_diffusion import (
     PromptCache,
+    check_encoder_backward,
     default_dtype,
     encode_frames,
     encode_sequences,
@@ -670,6 +671,8 @@ class MVDreamTeacher:
         image_size: int = 256,
         sample_latents: bool = True,
         cross_view: bool = True,
+        encoder_backward: str = "keep",
+        encode_chunk: int | None = None,
     ) -> None:
         if getattr(unet.config, "class_embed_type", None) != "projection":
             raise ValueError(
@@ -692,6 +695,9 @@ class MVDreamTeacher:
         self._alphas = alphas_cumprod.detach().float().to(self.device)
         self.image_size = image_size
         self.sample_latents = sample_latents
+        self.encoder_backward = check_encoder_backward(encoder_backward)
+        self.encode_chunk = encode_chunk
+        self.text_encoder_released = False
         self.active = True
 
     @property
@@ -917,9 +923,17 @@ class MVDreamTeacher:
         size = (self.image_size, self.image_size)
 
         def encode(x: Tensor) -> Tensor:  # (N, 3, H, W) -> (N, 4, S/8, S/8)
-            return encode_frames(self.vae, x, size, generator, self.sample_latents)
+            return encode_frames(
+                self.vae,
+                x,
+                size,
+                generator,
+                self.sample_latents,
+                self.encoder_backward,
+                self.encode_chunk,
+            )
 
-        return encode_sequences(encode, images, grad_frames, generator)
+        return encode_sequences(encode, images, grad_frames, generator, self.encode_chunk)
 
     def predict_noise(
         self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
@@ -960,8 +974,15 @@ class MVDreamTeacher:
 
     def activate(self) -> None:
         for m in (self.unet, self.vae, self.text_encoder):
-            m.to(self.device)
+            if m is not self.text_encoder or not self.text_encoder_released:
+                m.to(self.device)
         self.active = True
+
+    def release_text_encoder(self) -> None:
+        """Text encoder to the CPU for good, once the prompts a run needs are cached (a prompt
+        not cached yet is still embedded, on the CPU)."""
+        self.text_encoder.to("cpu")
+        self.text_encoder_released = True
 
     def _ensure_active(self) -> None:
         if not self.active:

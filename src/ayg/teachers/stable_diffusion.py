@@ -13,6 +13,7 @@ The pieces shared by every latent teacher built on the SD autoencoder and a CLIP
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ayg.distill import Conditioning
+from ayg.distill import Conditioning, host_to
 from ayg.teachers.hub import load_component
 
 DEFAULT_MODEL_ID = "stabilityai/stable-diffusion-2-1-base"
@@ -64,7 +65,7 @@ class PromptCache:
             hidden = self.text_encoder(ids)[0]  # (P', L, D) last hidden state
             self.encoder_calls += 1
             for p, h in zip(missing, hidden, strict=True):
-                self.cache[p] = h
+                self.cache[p] = h.to(device)  # kept where it is used: no copy on later calls
         return torch.stack([self.cache[p].to(device) for p in prompts])
 
     def to(self, device: torch.device) -> None:
@@ -78,25 +79,120 @@ def resize_bilinear(images: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
 
 
+#: How the VAE encoder's backward gets its activations (``encoder_backward``), all with the
+#: same gradient (the weights are frozen, so a convolution's backward needs its weight only):
+#: "keep" stores every activation of every frame (plain autograd); "convs" stores the
+#: convolution and attention outputs and recomputes the normalisations, activations and
+#: additions from them in the backward (the elementwise forward work twice); "lean" stores those
+#: only below the input's resolution and also recomputes the full-resolution convolutions;
+#: "recompute" stores only the input and runs the whole encoder forward again in the backward.
+#: Measured on the SD VAE at 320×512 in bf16 on an H200 (benchmarks/step.py, 64 frames, chunks
+#: of 8): 0.93, 0.45, 0.27 and 0.12 GiB per frame, for 1.0×, 1.33×, 1.47× and 1.65× the time of
+#: "keep" (docs/results/step.md). "convs", "lean" and "recompute" run ``chunk``
+#: frames per checkpointed call, so the backward holds one chunk's recomputed activations; a
+#: call of at most ``chunk`` frames (stage 1's 4 views) is one chunk and stores everything.
+ENCODER_BACKWARDS = ("keep", "convs", "lean", "recompute")
+
+
+def check_encoder_backward(mode: str) -> str:
+    if mode not in ENCODER_BACKWARDS:
+        raise ValueError(
+            f"encoder_backward must be one of {', '.join(ENCODER_BACKWARDS)}, got {mode!r}"
+        )
+    return mode
+
+
+def _posterior(vae: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """x (N, 3, H, W) in [-1, 1] -> posterior mean and std (N, c, h, w)."""
+    dist = vae.encode(x).latent_dist
+    return dist.mean, dist.std
+
+
+@functools.lru_cache(maxsize=1)
+def _attention_ops() -> frozenset:
+    aten = torch.ops.aten
+    names = (
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+    return frozenset(getattr(aten, n).default for n in names if hasattr(aten, n))
+
+
+def _stored_outputs_context(full_width: int | None) -> Any:
+    """Selective checkpointing that stores convolution outputs (those whose input is narrower
+    than ``full_width`` when given) and fused attention outputs, and recomputes the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    conv = torch.ops.aten.convolution.default
+
+    def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+        if op is conv and (full_width is None or args[0].shape[-1] < full_width):
+            return CheckpointPolicy.MUST_SAVE
+        if op in _attention_ops():
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def posterior_moments(
+    vae: nn.Module, x: Tensor, backward: str = "keep", chunk: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """x (N, 3, H, W) in [-1, 1] -> posterior (mean, std), each (N, c, h, w), with the
+    encoder's activations kept for the backward as ``backward`` says (:data:`ENCODER_BACKWARDS`;
+    torch.utils.checkpoint, non-reentrant: the backward recomputes one chunk at a time)."""
+    check_encoder_backward(backward)
+    one_chunk = chunk is not None and x.shape[0] <= chunk
+    if backward == "keep" or one_chunk or not (torch.is_grad_enabled() and x.requires_grad):
+        return _posterior(vae, x)
+    from torch.utils.checkpoint import checkpoint
+
+    context = {}
+    if backward in ("convs", "lean"):
+        width = x.shape[-1] if backward == "lean" else None
+        context = dict(context_fn=functools.partial(_stored_outputs_context, width))
+    parts = [
+        checkpoint(_posterior, vae, piece, use_reentrant=False, **context)
+        for piece in x.split(chunk or x.shape[0])
+    ]
+    return torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
+
+
+def prefers_channels_last(module: nn.Module) -> bool:
+    """Whether the first 4-D weight of ``module`` is stored channels-last (then its inputs go
+    channels-last too, so cuDNN does not transpose them)."""
+    for p in module.parameters():
+        if p.ndim == 4:
+            return p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+    return False
+
+
 def encode_frames(
     vae: nn.Module,
     images: Tensor,
     size: tuple[int, int],
     generator: torch.Generator | None = None,
     sample: bool = True,
+    backward: str = "keep",
+    chunk: int | None = None,
 ) -> Tensor:
     """images (N, 3, H, W) in [0, 1] -> scaled latents (N, c, h, w) float32, differentiable.
 
     The posterior is sampled (mean + std·noise, noise from ``generator``) when ``sample``, else
-    its mean is used; latents are ``(z - shift_factor)·scaling_factor``.
+    its mean is used; latents are ``(z - shift_factor)·scaling_factor``. ``backward`` and
+    ``chunk``: see :func:`posterior_moments` (the noise is drawn once, outside any recomputed
+    part, so every mode gives the same latents and the same gradient).
     """
     param = next(vae.parameters())
     x = resize_bilinear(images, size).to(device=param.device, dtype=param.dtype) * 2.0 - 1.0
-    dist = vae.encode(x).latent_dist
-    z = dist.mean
+    if prefers_channels_last(vae):
+        x = x.contiguous(memory_format=torch.channels_last)
+    mean, std = posterior_moments(vae, x, backward, chunk)
+    z = mean
     if sample:
-        noise = torch.randn(z.shape, generator=generator).to(device=z.device, dtype=z.dtype)
-        z = z + dist.std * noise
+        noise = host_to(torch.randn(z.shape, generator=generator), z.device, z.dtype)
+        z = z + std * noise
     shift = getattr(vae.config, "shift_factor", None)
     if shift is not None:
         z = z - shift
@@ -239,6 +335,7 @@ class StableDiffusionTeacher:
         resolution: tuple[int, int] = RESOLUTION,
         sample_latents: bool = True,
         encode_chunk: int | None = 16,
+        encoder_backward: str = "keep",
     ) -> None:
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(
@@ -261,6 +358,8 @@ class StableDiffusionTeacher:
         self.resolution = tuple(resolution)
         self.sample_latents = sample_latents
         self.encode_chunk = encode_chunk
+        self.encoder_backward = check_encoder_backward(encoder_backward)
+        self.text_encoder_released = False
         self.active = True
 
     # -- construction ---------------------------------------------------------------------------
@@ -324,7 +423,15 @@ class StableDiffusionTeacher:
         images = images.to(self.device)
 
         def encode(x: Tensor) -> Tensor:
-            return encode_frames(self.vae, x, self.resolution, generator, self.sample_latents)
+            return encode_frames(
+                self.vae,
+                x,
+                self.resolution,
+                generator,
+                self.sample_latents,
+                self.encoder_backward,
+                self.encode_chunk,
+            )
 
         return encode_sequences(encode, images, grad_frames, generator, self.encode_chunk)
 
@@ -359,8 +466,16 @@ class StableDiffusionTeacher:
 
     def activate(self) -> None:
         for m in (self.unet, self.vae, self.text_encoder):
-            m.to(self.device)
+            if m is not self.text_encoder or not self.text_encoder_released:
+                m.to(self.device)
         self.active = True
+
+    def release_text_encoder(self) -> None:
+        """Text encoder to the CPU for good, once the prompts a run needs are cached: its
+        weights (~0.7 GB for OpenCLIP-H in bf16) leave the GPU; a prompt not cached yet is still
+        embedded, on the CPU."""
+        self.text_encoder.to("cpu")
+        self.text_encoder_released = True
 
     def _ensure_active(self) -> None:
         if not self.active:

@@ -26,6 +26,7 @@ from ayg.distill import Conditioning
 from ayg.teachers.stable_diffusion import (
     RESOLUTION,
     PromptCache,
+    check_encoder_backward,
     default_dtype,
     encode_frames,
     encode_sequences,
@@ -64,6 +65,7 @@ class VideoTeacher:
         frames: int = FRAMES,
         sample_latents: bool = True,
         encode_chunk: int | None = 16,
+        encoder_backward: str = "keep",
     ) -> None:
         if prediction_type not in ("epsilon", "v_prediction", "sample"):
             raise ValueError(
@@ -89,6 +91,8 @@ class VideoTeacher:
         self.frames = frames
         self.sample_latents = sample_latents
         self.encode_chunk = encode_chunk
+        self.encoder_backward = check_encoder_backward(encoder_backward)
+        self.text_encoder_released = False
         self.fps_input = takes_fps(unet)
         self.active = True
 
@@ -157,7 +161,15 @@ class VideoTeacher:
         images = images.to(self.device)
 
         def encode(x: Tensor) -> Tensor:
-            return encode_frames(self.vae, x, self.resolution, generator, self.sample_latents)
+            return encode_frames(
+                self.vae,
+                x,
+                self.resolution,
+                generator,
+                self.sample_latents,
+                self.encoder_backward,
+                self.encode_chunk,
+            )
 
         return encode_sequences(encode, images, grad_frames, generator, self.encode_chunk)
 
@@ -198,8 +210,16 @@ class VideoTeacher:
 
     def activate(self) -> None:
         for m in (self.unet, self.vae, self.text_encoder):
-            m.to(self.device)
+            if m is not self.text_encoder or not self.text_encoder_released:
+                m.to(self.device)
         self.active = True
+
+    def release_text_encoder(self) -> None:
+        """Text encoder to the CPU for good, once the prompts a run needs are cached: its
+        weights (~0.7 GB for OpenCLIP-H in bf16) leave the GPU; a prompt not cached yet is still
+        embedded, on the CPU."""
+        self.text_encoder.to("cpu")
+        self.text_encoder_released = True
 
     def _ensure_active(self) -> None:
         if not self.active:

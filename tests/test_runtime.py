@@ -1,0 +1,270 @@
+"""The speed and memory levers of ayg.teachers.runtime keep the maths: the VAE encoder's
+backward modes, the UNet wrapper, prompt priming, sync-free statistics and the lowvram preset,
+checked against the plain eager path on tiny random models (CPU, float32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from ayg.config import preset, validate  # noqa: E402
+from ayg.distill import (  # noqa: E402
+    Conditioning,
+    TeacherTerm,
+    as_floats,
+    compose,
+    distill_loss,
+    prime_prompts,
+    term_prompts,
+)
+from ayg.teachers import runtime_of  # noqa: E402
+from ayg.teachers.runtime import NAIVE, FastUNet, Runtime, configure_teacher  # noqa: E402
+from ayg.teachers.stable_diffusion import (  # noqa: E402
+    ENCODER_BACKWARDS,
+    StableDiffusionTeacher,
+    encode_frames,
+)
+from ayg.teachers.video import VideoTeacher  # noqa: E402
+from test_teachers_sd_video import (  # noqa: E402
+    RES,
+    scheduler,
+    tiny_text_encoder,
+    tiny_unet2d,
+    tiny_unet3d,
+    tiny_vae,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    import json
+
+    from transformers import CLIPTokenizer
+
+    from test_teachers_sd_video import L
+
+    folder = tmp_path_factory.mktemp("tok")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz,":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=L)
+
+
+def make_sd(tokenizer) -> StableDiffusionTeacher:
+    torch.manual_seed(0)
+    parts = (tiny_unet2d(), tiny_vae(), tiny_text_encoder(), tokenizer, scheduler().alphas_cumprod)
+    return StableDiffusionTeacher.from_components(*parts, resolution=RES)
+
+
+def make_video(tokenizer) -> VideoTeacher:
+    torch.manual_seed(1)
+    parts = (tiny_unet3d(), tiny_vae(), tiny_text_encoder(), tokenizer, scheduler().alphas_cumprod)
+    return VideoTeacher.from_components(*parts, resolution=RES, frames=4)
+
+
+# -- the encoder's backward ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["convs", "lean", "recompute"])
+@pytest.mark.parametrize("sample", [True, False])
+def test_encoder_backward_modes_give_the_eager_latents_and_gradient(mode, sample):
+    """Same latents, same posterior noise, same gradient as storing every activation; 7 frames
+    in chunks of 3 (the last chunk short)."""
+    torch.manual_seed(0)
+    vae = tiny_vae().eval().requires_grad_(False)
+    x = torch.rand(7, 3, 12, 20)
+    g = torch.randn(7, 4, 8, 8)
+    out = {}
+    for m in ("keep", mode):
+        xi = x.clone().requires_grad_(True)
+        gen = torch.Generator().manual_seed(5)
+        z = encode_frames(vae, xi, RES, gen, sample, backward=m, chunk=3)
+        (z * g).sum().backward()
+        out[m] = (z.detach(), xi.grad, gen.get_state())
+    torch.testing.assert_close(out[mode][0], out["keep"][0], rtol=0, atol=1e-6)
+    # chunks change the batch of each convolution, so float32 sums round differently
+    torch.testing.assert_close(out[mode][1], out["keep"][1], rtol=1e-4, atol=2e-6)
+    assert torch.equal(out[mode][2], out["keep"][2])  # the generator advanced the same way
+    assert out["keep"][1].abs().max() > 0
+
+
+def test_encoder_backward_is_checked():
+    vae = tiny_vae().eval().requires_grad_(False)
+    with pytest.raises(ValueError, match="encoder_backward must be one of keep, convs, lean"):
+        encode_frames(vae, torch.rand(1, 3, 8, 8, requires_grad=True), RES, backward="fast")
+    assert ENCODER_BACKWARDS == ("keep", "convs", "lean", "recompute")
+
+
+def test_recompute_mode_runs_the_encoder_again_in_the_backward():
+    """ "recompute" stores nothing inside the encoder: its forward runs once more per chunk."""
+    vae = tiny_vae().eval().requires_grad_(False)
+    calls = [0]
+    vae.encoder.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    x = torch.rand(5, 3, 12, 12, requires_grad=True)
+    z = encode_frames(vae, x, RES, sample=False, backward="recompute", chunk=2)
+    assert calls[0] == 3  # chunks of 2, 2, 1
+    z.sum().backward()
+    assert calls[0] == 6
+    z = encode_frames(vae, x, RES, sample=False, backward="recompute", chunk=5)
+    z.sum().backward()
+    assert calls[0] == 7  # 5 frames are one chunk: stored, not recomputed
+
+
+# -- whole teacher terms under each runtime -----------------------------------------------------------
+
+
+def stage2_gradient(video, sd, frames: torch.Tensor) -> torch.Tensor:
+    """The stage-2 teacher part of a step (eq. 24 with the negative prompt and motion
+    amplification, plus the image teacher on 2 frames of each clip), backpropagated to the
+    frames; the same draws on every call."""
+    gen = torch.Generator().manual_seed(11)
+    x = frames.detach().requires_grad_(True)
+    vid_term = TeacherTerm(negative_prompt="still", negative_weight=0.8, motion_amplification=24.0)
+    fps = Conditioning(fps=torch.full((x.shape[0],), 4.0))
+    parts = {
+        "vid": distill_loss(video, vid_term, x, "a cat", 0, gen, fps, sync=False),
+        "im": distill_loss(sd, TeacherTerm(), x[:, [0, 2]], "a cat", 0, gen, sync=False),
+    }
+    loss, _ = compose(parts, sync=False)
+    loss.backward()
+    return x.grad
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        Runtime(encoder_backward="lean", encoder_chunk=3, channels_last=True, cuda_graphs=True),
+        Runtime(encoder_backward="recompute", encoder_chunk=2),
+    ],
+    ids=["lean+channels_last+graphs", "recompute"],
+)
+def test_step_gradient_on_the_frames_is_the_eager_one(tokenizer, runtime):
+    video, sd = make_video(tokenizer), make_sd(tokenizer)
+    frames = torch.rand(2, 4, 3, 12, 20, generator=torch.Generator().manual_seed(3))
+    ref = stage2_gradient(configure_teacher(video, NAIVE), configure_teacher(sd, NAIVE), frames)
+    got = stage2_gradient(configure_teacher(video, runtime), configure_teacher(sd, runtime), frames)
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+
+
+def test_fast_unet_is_the_unet_off_cuda_and_configure_unwraps(tokenizer):
+    sd = make_sd(tokenizer)
+    plain = sd.unet
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
+    emb = sd.embed(["a cat", ""])
+    with torch.no_grad():
+        ref = plain(x, t, encoder_hidden_states=emb).sample
+    configure_teacher(sd, Runtime(cuda_graphs=True))
+    assert isinstance(sd.unet, FastUNet) and sd.unet.inner is plain
+    assert sd.unet.config is plain.config
+    with torch.no_grad():
+        torch.testing.assert_close(sd.unet(x, t, encoder_hidden_states=emb).sample, ref)
+    sd.unet.graphs[("stale",)] = object()
+    sd.unet.to("cpu")  # moving the weights invalidates every captured graph
+    assert sd.unet.graphs == {}
+    configure_teacher(sd, Runtime(cuda_graphs=True, channels_last=True))
+    assert sd.unet.inner is plain  # re-wrapped, not nested
+    conv = plain.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    configure_teacher(sd, NAIVE)
+    assert sd.unet is plain and plain.conv_in.weight.is_contiguous()
+
+
+def test_configure_leaves_teachers_without_a_unet_alone():
+    class Toy:
+        pass
+
+    toy = Toy()
+    assert configure_teacher(toy, Runtime(encoder_backward="lean")) is toy
+    assert not hasattr(toy, "encoder_backward")
+
+
+# -- prompts, statistics ----------------------------------------------------------------------------
+
+
+def test_prime_prompts_caches_every_branch_prompt_and_releases_the_text_encoder(tokenizer):
+    sd = make_sd(tokenizer)
+    term = TeacherTerm(view_guidance=3.0, negative_prompt="ugly", negative_weight=0.8)
+    prompts = term_prompts(term, "a cat")
+    assert prompts[:3] == ["a cat", "", "ugly"] and len(prompts) == 3 + 4  # + 4 view words
+    prime_prompts(sd, term, "a cat")
+    assert sd.prompts.encoder_calls == 1 and sd.text_encoder_released
+    sd.activate()
+    assert sd.text_encoder_released  # activate() leaves it where it is
+    images = torch.rand(2, 1, 3, 12, 12)
+    distill_loss(sd, term, images, "a cat", 0, views=["front view", "overhead view"])
+    assert sd.prompts.encoder_calls == 1  # every branch came from the cache
+    assert sd.embed(["a dog"]).shape[0] == 1  # a new prompt still works (on the CPU)
+    assert sd.prompts.encoder_calls == 2
+
+
+def test_sync_free_statistics_are_the_floats(tokenizer):
+    sd = make_sd(tokenizer)
+    images = torch.rand(2, 1, 3, 12, 12)
+    _, floats = distill_loss(
+        sd, TeacherTerm(), images, "a cat", 3, torch.Generator().manual_seed(0)
+    )
+    _, tensors = distill_loss(
+        sd, TeacherTerm(), images, "a cat", 3, torch.Generator().manual_seed(0), sync=False
+    )
+    assert all(isinstance(v, float) for v in floats.values())
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in tensors.values())
+    assert as_floats(tensors) == pytest.approx(floats, rel=1e-6)
+    assert as_floats({"a": torch.tensor(2.5), "b": 3}) == {"a": 2.5, "b": 3}
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+
+def test_lowvram_preset_keeps_the_paper_settings_and_trades_time():
+    low, paper = preset("lowvram"), preset("paper")
+    validate(low)
+    assert low.stage1 == paper.stage1 and low.stage2 == paper.stage2
+    assert low.teachers.grad_frames is None  # every frame keeps its gradient
+    assert low.teachers.encoder_backward == "recompute"
+    assert runtime_of(low.teachers).encoder_backward == "recompute"
+    assert runtime_of(paper.teachers) == Runtime(
+        encoder_backward=paper.teachers.encoder_backward,
+        encoder_chunk=paper.teachers.encoder_chunk,
+        channels_last=paper.teachers.channels_last,
+        cuda_graphs=paper.teachers.cuda_graphs,
+        compile=paper.teachers.compile,
+        cudnn_benchmark=paper.teachers.cudnn_benchmark,
+        tf32=paper.teachers.tf32,
+    )
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("encoder_backward", "fast", "teachers.encoder_backward must be keep, convs, lean or"),
+        ("encoder_chunk", 0, "teachers.encoder_chunk must be >= 1"),
+        ("compile", "max", "teachers.compile must be one of none, default"),
+    ],
+)
+def test_bad_runtime_settings_are_one_line_errors(field, value, message):
+    cfg = preset("paper")
+    setattr(cfg.teachers, field, value)
+    with pytest.raises(ValueError, match=message):
+        validate(cfg)
+
+
+def test_runtime_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="compile must be one of"):
+        Runtime(compile="fastest")
+    with pytest.raises(ValueError, match="encoder_chunk must be >= 1"):
+        Runtime(encoder_chunk=0)
