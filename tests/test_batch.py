@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from ayg.batch import read_spec, run_batch, run_name
 from ayg.cli import main
 from ayg.config import BatchConfig
+
+ray = pytest.importorskip("ray")  # the optional batch extra
 
 # the kill callback below runs in Ray workers, which cannot import this test module
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
