@@ -307,28 +307,40 @@ class Stage2CameraSampler:
 
 @dataclass
 class FpsSampler:
-    """fps and frame times (C.3): fps ∈ {4, 8, 12} with p = (0.81, 0.14, 0.05); a clip of F
+    """fps and frame times (C.3): fps ∈ {4, 8, 12} with p = (0.81, 0.14, 0.05); a clip of 16
     frames spans ``span_at_fps1 / fps`` of τ (3/fps: 0.75 at 4 fps), starts at
     τ_s ~ U(0, 1 − span) and its frames are evenly spaced over the span.
+
+    Other clip lengths (a Wan teacher's 4k + 1 frames) keep the paper's step between frames,
+    span_at_fps1 / (15·fps): the video teacher sees the same motion per frame, and a clip of F
+    frames spans (F − 1) of those steps (0.8 of τ for 17 frames at 4 fps).
     """
 
     fps_values: tuple[int, ...] = (4, 8, 12)
     probs: tuple[float, ...] = (0.81, 0.14, 0.05)
     frames: int = 16
-    span_at_fps1: float = 3.0
+    span_at_fps1: float = 3.0  # τ spanned by REFERENCE_FRAMES frames at 1 fps
+
+    REFERENCE_FRAMES = 16  # the clip length C.3's spans are stated for
 
     def __post_init__(self) -> None:
         if len(self.fps_values) != len(self.probs):
             raise ValueError("fps_values and probs must have the same length")
         if any(p < 0 for p in self.probs) or not math.isclose(sum(self.probs), 1.0, abs_tol=1e-6):
             raise ValueError(f"fps probabilities must be >= 0 and sum to 1, got {self.probs}")
-        if any(self.span_at_fps1 / f > 1.0 for f in self.fps_values):
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        too_long = [f for f in self.fps_values if float(self.span(torch.tensor(float(f)))) > 1.0]
+        if too_long:
             raise ValueError(
-                f"every fps must satisfy {self.span_at_fps1}/fps <= 1, got {self.fps_values}"
+                f"a clip of {self.frames} frames spans more than the whole sequence (τ in [0, 1]) "
+                f"at fps {too_long}; use fewer frames or higher fps values"
             )
 
     def span(self, fps: Tensor) -> Tensor:
-        return self.span_at_fps1 / fps
+        """τ covered by a clip at ``fps``: (frames − 1) steps of span_at_fps1 / (15·fps)."""
+        # the ratio first: exactly 1 for 16 frames, so the paper's clips are bitwise 3/fps
+        return self.span_at_fps1 / fps * ((self.frames - 1) / (self.REFERENCE_FRAMES - 1))
 
     def sample(
         self,

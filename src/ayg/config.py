@@ -43,7 +43,12 @@ class TeacherConfig:
     kind: str = "real"
     image_model: str = "stabilityai/stable-diffusion-2-1-base"
     multiview_model: str = "MVDream/MVDream"
+    # a UNet3D text-to-video model (Zeroscope, ModelScope) or a Wan one
+    # (Wan-AI/Wan2.1-T2V-1.3B-Diffusers); the family is read from the model's model_index.json
     video_model: str = "cerspense/zeroscope_v2_576w"
+    # (H, W) the renders are resized to for the real video teacher; None: the teacher's own
+    # (320×512 for UNet3D models, 480×832 for Wan)
+    video_resolution: tuple[int, int] | None = None
     dtype: str = "bfloat16"  # on CUDA; CPU always float32
     offload_idle: bool = False
     local_files_only: bool = False
@@ -104,7 +109,7 @@ class Stage2Config:
 
     steps: int = 10_000
     batch: int = 4  # sequences
-    frames: int = 16
+    frames: int | None = None  # None: the video teacher's (16; Wan 4k + 1 = 17)
     width: int = 256
     height: int = 160
     lr: float = 1e-3
@@ -119,7 +124,7 @@ class Stage2Config:
     omega_neg: float = 0.8
     omega_vid: float = 1.0
     omega_im: float = 1.0
-    negative_prompt: str = VIDEO_NEGATIVE_PROMPT
+    negative_prompt: str | None = None  # None: the video teacher's (VIDEO_NEGATIVE_PROMPT)
     t_range: tuple[float, float] = (0.02, 0.98)
     fps_values: tuple[int, ...] = (4, 8, 12)
     fps_probs: tuple[float, ...] = (0.81, 0.14, 0.05)
@@ -198,11 +203,23 @@ def _update(obj: Any, d: dict[str, Any], path: str) -> None:
                 raise ValueError(f"config field '{path}{key}' is a section; give a mapping")
             _update(current, value, f"{path}{key}.")
         else:
-            setattr(obj, key, _coerce(value, current, f"{path}{key}"))
+            setattr(obj, key, _coerce(value, current, f"{path}{key}", str(names[key].type)))
 
 
-def _coerce(value: Any, current: Any, name: str) -> Any:
-    """Convert ``value`` to the type of the field's current value (JSON lists → tuples)."""
+# an example value of each base type an optional field ("X | None") can have
+_OPTIONAL_BASES = {"int": 0, "float": 0.0, "str": "", "bool": False, "tuple": ()}
+
+
+def _coerce(value: Any, current: Any, name: str, annotation: str = "") -> Any:
+    """Convert ``value`` to the type of the field's current value (JSON lists → tuples); an
+    optional field (annotation ``X | None``) takes null or a value of X."""
+    if annotation.replace(" ", "").endswith("|None"):
+        if value is None:
+            return None
+        base = annotation.rsplit("|", 1)[0].strip().split("[", 1)[0]
+        if base not in _OPTIONAL_BASES:
+            raise ValueError(f"config field '{name}' cannot take {value!r}")
+        return _coerce(value, _OPTIONAL_BASES[base], name)
     if isinstance(current, bool):
         if isinstance(value, bool):
             return value
@@ -226,9 +243,6 @@ def _coerce(value: Any, current: Any, name: str) -> Any:
     if isinstance(current, str):
         if not isinstance(value, str):
             raise ValueError(f"config field '{name}' takes a string, got {value!r}")
-        return value
-    # fields whose default is None (optional ints)
-    if value is None or isinstance(value, (int, float, str)):
         return value
     raise ValueError(f"config field '{name}' cannot take {value!r}")
 
@@ -342,7 +356,7 @@ def tiny_preset() -> RunConfig:
     s1.init_gaussians = 200
     s1.densify_start, s1.densify_every = 3, 3
     s1.t_image_steps, s1.t_multiview_steps = 4, 5
-    s2.steps, s2.batch, s2.frames = 4, 1, 16
+    s2.steps, s2.batch = 4, 1
     s2.width, s2.height = 32, 20
     s2.knn = 8
     cfg.output.preview_frames = 4
@@ -379,7 +393,22 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{cfg.device}'")
     if cfg.backend not in ("auto", "torch", "gsplat"):
         raise ValueError(f"backend must be auto, torch or gsplat, got '{cfg.backend}'")
-    if cfg.stage2.image_frames < 1 or cfg.stage2.image_frames > cfg.stage2.frames:
+    s2 = cfg.stage2
+    if s2.frames is not None and s2.frames < 2:
+        raise ValueError(
+            f"stage2.frames must be >= 2 (or null: the video teacher's), got {s2.frames}"
+        )
+    if s2.image_frames < 1 or (s2.frames is not None and s2.image_frames > s2.frames):
         raise ValueError("stage2.image_frames must be between 1 and stage2.frames")
+    res = cfg.teachers.video_resolution
+    if res is not None:
+        if len(res) != 2 or any(
+            isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in res
+        ):
+            raise ValueError(
+                f"teachers.video_resolution must be [H, W] with positive integers, got {list(res)}"
+            )
+        if cfg.teachers.kind != "real":
+            raise ValueError("teachers.video_resolution applies to real video teachers only")
     if cfg.output.checkpoint_every <= 0:
         raise ValueError("output.checkpoint_every must be > 0")

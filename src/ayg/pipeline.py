@@ -37,6 +37,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _stage2_teachers(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """The video teacher (for ``stage2.frames`` when that is set) and, unless stage 2 goes
+    without it, the image teacher."""
+    roles = ("video", "image") if cfg.stage2.use_image else ("video",)
+    return build_teachers(
+        cfg.teachers, device, roles, seed=cfg.seed, video_frames=cfg.stage2.frames
+    )
+
+
 def check_out_dir(out: Path, resume: bool) -> None:
     """Refuse a path that is a file, or a directory holding another run unless resuming.
     Touches nothing: the directory is made only once the teachers have loaded."""
@@ -144,7 +153,7 @@ def generate(
         del teachers
         snapshot(cloud).save(stage1_path)
 
-    teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
+    teachers = _stage2_teachers(cfg, device)
     stage2_path = out / "stage2.ayg"  # kept only when fine-tuning follows
     if resume and stage2_path.exists():
         motion = Asset.load(stage2_path).objects[0].motion.to(device)
@@ -219,7 +228,7 @@ def animate(
     check_out_dir(out, resume)
     _check_resume_config(out, cfg, resume)
     device = resolve_device(cfg.device)
-    teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
+    teachers = _stage2_teachers(cfg, device)
     _start_run(out, cfg, {"command": "animate", "prompt": prompt, "ply": str(ply)})
     ctx = _context(cfg, out, device, progress, callback)
     motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
@@ -265,7 +274,7 @@ def extend(
     check_out_dir(out, resume)
     _check_resume_config(out, cfg, resume)
     device = resolve_device(cfg.device)
-    teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
+    teachers = _stage2_teachers(cfg, device)
     _start_run(
         out, cfg, {"command": "extend", "prompt": prompt, "asset": str(asset_path), "loop": loop}
     )
