@@ -208,6 +208,33 @@ def test_fps_sampler_statistics():
         FpsSampler(probs=(0.5, 0.5, 0.5))
 
 
+@pytest.mark.parametrize("frames", [17, 9, 33])
+def test_fps_sampler_other_clip_lengths_keep_the_step_between_frames(frames):
+    """A Wan clip of 4k + 1 frames: consecutive frames are 3/(15·fps) apart as in the paper's
+    16-frame clips, so the clip spans 3(F−1)/(15·fps) (0.8 for 17 frames at 4 fps)."""
+    B = 4000
+    s = FpsSampler(fps_values=(8, 12), probs=(0.5, 0.5)) if frames == 33 else FpsSampler()
+    s = FpsSampler(fps_values=s.fps_values, probs=s.probs, frames=frames)
+    fps, tau = s.sample(B, gen(1))
+    assert tau.shape == (B, frames)
+    steps = tau[:, 1:] - tau[:, :-1]
+    torch.testing.assert_close(
+        steps, (3.0 / fps / 15)[:, None].expand(B, frames - 1), atol=1e-5, rtol=0
+    )
+    span = 3.0 * (frames - 1) / (15 * fps)
+    assert (tau[:, 0] <= 1 - span + 1e-6).all() and tau.max() <= 1
+    # at 4 fps, 33 frames would span 1.6 of the sequence: refused with the reason
+    with pytest.raises(ValueError, match="33 frames spans more than the whole sequence"):
+        FpsSampler(frames=33)
+
+
+def test_fps_sampler_16_frames_are_bitwise_the_papers():
+    fps, tau = FpsSampler().sample(64, gen(2))
+    start = tau[:, 0]
+    ramp = torch.arange(16, dtype=torch.float32) / 15
+    assert torch.equal(tau, (start[:, None] + (3.0 / fps)[:, None] * ramp[None]).clamp(0, 1))
+
+
 # ---------------------------------------------------------------- view prompts (D.3)
 
 

@@ -535,3 +535,64 @@ def test_run_stage2_with_wan_and_an_image_teacher(wan):
     with pytest.raises(ValueError, match="takes 17 frames"):
         run_stage2("a red ball", apply_overrides(preset("tiny"), ["stage2.frames=16"]).stage2,
                    cloud, motion, teachers, ctx, seed=0)  # fmt: skip
+
+
+def test_stage2_frames_and_video_resolution_overrides():
+    from ayg.config import validate
+
+    cfg = apply_overrides(
+        preset("paper"), ["stage2.frames=33", "teachers.video_resolution=[240, 416]"]
+    )
+    assert cfg.stage2.frames == 33 and cfg.teachers.video_resolution == (240, 416)
+    validate(cfg)
+    assert apply_overrides(cfg, ["stage2.frames=null"]).stage2.frames is None
+    for bad, needle in (
+        ("stage2.frames=17.5", "integer"),
+        ("stage2.negative_prompt=3", "string"),
+        ("teachers.video_resolution=7", "list"),
+    ):
+        with pytest.raises(ValueError, match=needle):
+            apply_overrides(preset("paper"), [bad])
+    with pytest.raises(ValueError, match="positive integers"):
+        validate(apply_overrides(preset("paper"), ["teachers.video_resolution=[0, 416]"]))
+    with pytest.raises(ValueError, match="real video teachers"):
+        validate(apply_overrides(preset("toy"), ["teachers.video_resolution=[240, 416]"]))
+
+
+def test_cli_frames_the_wan_teacher_cannot_take_is_one_line(wan_folder, tmp_path, capsys):
+    from ayg.cli import main
+
+    ply = Path(__file__).resolve().parents[1] / "src" / "ayg" / "examples" / "example.ply"
+    sets = ["teachers.kind=real", f"teachers.video_model={wan_folder}", "stage2.frames=16"]
+    sets += ["teachers.local_files_only=true", "stage2.use_image=false"]
+    argv = ["animate", str(ply), "a red ball", "--preset", "tiny", "--out", str(tmp_path / "r")]
+    argv += ["--device", "cpu"] + [a for s in sets for a in ("--set", s)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "4k + 1 frames" in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_real_size_configs_for_the_gpu_benchmark(monkeypatch):
+    """benchmarks/wan_configs.py builds the 1.3B teacher; on the meta device (no memory) its
+    sizes and the real-size shapes through encode and predict_noise are checked."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import wan_configs
+
+    meta = torch.device("meta")
+    teacher = wan_configs.build_wan_teacher(meta, torch.float32)
+    sizes = wan_configs.n_params(teacher)  # millions
+    assert 1400 < sizes["transformer"] < 1450 and 120 < sizes["vae"] < 135
+    assert 5600 < sizes["text"] < 5750  # UMT5-XXL's encoder
+    assert teacher.frames == 17 and teacher.resolution == (480, 832) and teacher.shift == 3.0
+    z = teacher.encode(torch.zeros(1, 17, 3, 160, 256, device=meta))
+    assert z.shape == (1, 5, 16, 60, 104)
+    emb = torch.zeros(3, 512, 4096, device=meta)
+    t = torch.tensor([20, 500, 980], device=meta)
+    assert teacher.predict_noise(z.expand(3, -1, -1, -1, -1), t, emb).shape == (3, 5, 16, 60, 104)
+    tokens = wan_configs.ByteUMT5Tokenizer()(["a cat", ""], max_length=8)
+    assert tokens.input_ids.tolist() == [
+        [3 + 97, 3 + 32, 3 + 99, 3 + 97, 3 + 116, 1, 0, 0],
+        [1] + [0] * 7,
+    ]
+    assert tokens.attention_mask.sum(1).tolist() == [6, 1]

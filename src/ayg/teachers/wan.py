@@ -134,6 +134,38 @@ def flow_schedule(scheduler_config: dict[str, Any]) -> tuple[float, int]:
     )
 
 
+def check_clip(frames: int, resolution: Sequence[int], vae_config: Any, model_config: Any) -> int:
+    """Raise a one-line ValueError unless the causal VAE and the transformer's patches take
+    clips of ``frames`` at ``resolution`` (H, W); returns the VAE's temporal factor (4)."""
+    temporal = int(_get(vae_config, "scale_factor_temporal", 4))
+    spatial = int(_get(vae_config, "scale_factor_spatial", 8))
+    patch = tuple(_get(model_config, "patch_size", (1, 2, 2)))  # (p_t, p_h, p_w)
+    if frames < 1 or (frames - 1) % temporal != 0:
+        raise ValueError(
+            f"the Wan teacher takes {temporal}k + 1 frames (e.g. 17 or 33), got {frames}"
+        )
+    if ((frames - 1) // temporal + 1) % patch[0] != 0:
+        raise ValueError(
+            f"{frames} frames give latent frames not divisible by the patch size {patch[0]}"
+        )
+    multiple = (spatial * patch[1], spatial * patch[2])
+    if len(resolution) != 2 or any(
+        r <= 0 or r % m for r, m in zip(resolution, multiple, strict=True)
+    ):
+        raise ValueError(
+            f"the Wan teacher's resolution must be positive multiples of {multiple} "
+            f"(H, W), e.g. (480, 832); got {tuple(resolution)}"
+        )
+    return temporal
+
+
+def _get(config: Any, key: str, default: Any) -> Any:
+    """A field of a diffusers config object or of its dict (``load_config``)."""
+    if isinstance(config, dict):
+        return config.get(key, default)
+    return getattr(config, key, default)
+
+
 # ----------------------------------------------------------------------------------------------
 # Text
 
@@ -189,25 +221,7 @@ class WanTeacher:
         text_length: int = TEXT_LENGTH,
         negative_prompt: str = NEGATIVE_PROMPT,
     ) -> None:
-        temporal = int(getattr(vae.config, "scale_factor_temporal", 4))
-        spatial = int(getattr(vae.config, "scale_factor_spatial", 8))
-        patch = tuple(transformer.config.patch_size)  # (p_t, p_h, p_w)
-        if frames < 1 or (frames - 1) % temporal != 0:
-            raise ValueError(
-                f"the Wan teacher takes {temporal}k + 1 frames (e.g. 17 or 33), got {frames}"
-            )
-        if ((frames - 1) // temporal + 1) % patch[0] != 0:
-            raise ValueError(
-                f"{frames} frames give latent frames not divisible by the patch size {patch[0]}"
-            )
-        multiple = (spatial * patch[1], spatial * patch[2])
-        if len(resolution) != 2 or any(
-            r <= 0 or r % m for r, m in zip(resolution, multiple, strict=True)
-        ):
-            raise ValueError(
-                f"the Wan teacher's resolution must be positive multiples of {multiple} "
-                f"(H, W), e.g. (480, 832); got {tuple(resolution)}"
-            )
+        temporal = check_clip(frames, resolution, vae.config, transformer.config)
         self.device = torch.device(device)
         self.dtype = dtype or default_dtype(self.device)
         self.vae_dtype = vae_dtype or self.dtype
@@ -272,6 +286,13 @@ class WanTeacher:
             FlowMatchEulerDiscreteScheduler.load_config, model_id, "scheduler", **common
         )
         shift, steps = flow_schedule(config)
+        # the clip and resize size are checked on the configs, before gigabytes of weights load
+        check_clip(
+            kwargs.get("frames", FRAMES),
+            kwargs.get("resolution", RESOLUTION),
+            load_component(AutoencoderKLWan.load_config, model_id, "vae", **common),
+            load_component(WanTransformer3DModel.load_config, model_id, "transformer", **common),
+        )
         tokenizer = load_component(AutoTokenizer.from_pretrained, model_id, "tokenizer", **common)
         text_encoder = load_component(
             UMT5EncoderModel.from_pretrained,
