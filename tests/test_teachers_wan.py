@@ -379,6 +379,32 @@ def test_grad_frames_detaches_the_other_frames(wan):
     assert (clips.grad.abs().flatten(2).sum(-1) > 0).sum(1).tolist() == [3, 3]
 
 
+def test_encoder_checkpointing_keeps_only_the_pixels_and_changes_nothing(wan):
+    """Per-clip checkpointing of the causal encoder: same latents, same gradients, and the
+    forward keeps no encoder activations for the backward."""
+    parts = (wan.transformer, wan.vae, wan.text_encoder, wan.tokenizer, SHIFT)
+    plain = WanTeacher.from_components(*parts, resolution=RES, checkpoint_encoder=False)
+    clips = torch.rand(2, F, 3, 20, 32)
+    grads, saved = [], []
+    for teacher in (wan, plain):
+        assert teacher.checkpoint_encoder is (teacher is wan)
+        x = clips.clone().requires_grad_(True)
+        total = [0]
+
+        def pack(t, total=total):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            z = teacher.encode(x, generator=torch.Generator().manual_seed(0))
+        (z * torch.linspace(-1, 1, z.numel()).view(z.shape)).sum().backward()
+        grads.append((z.detach(), x.grad))
+        saved.append(total[0])
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    assert saved[0] < saved[1] / 20, saved
+
+
 def test_one_transformer_forward_for_all_branches(wan):
     calls = count_calls(wan.transformer)
     term = TeacherTerm(negative_prompt="static", negative_weight=0.8, motion_amplification=24.0)

@@ -46,6 +46,13 @@ amplification's mean over frames is over the 1 + k latent frames. ``grad_frames 
 all but k random frames of each clip; the 3D encoder still runs on the whole clip, so unlike the
 frame-wise encoders this does not cut the encoder's activation memory.
 
+Encoder memory. The activations the encoder keeps for its backward are large: about 105 KiB per
+pixel of a 17-frame clip in bf16 (measured on the real-size VAE, ``benchmarks/wan_configs.py``),
+about 40 GiB per clip at 480×832 — four clips would not fit one 141 GB GPU. With
+``checkpoint_encoder`` (the default) each clip is encoded under ``torch.utils.checkpoint``: only
+its pixels are kept, and its encoder forward runs again during the backward, one clip at a time,
+so the peak is one clip's activations for one more encoder forward per clip.
+
 Text: UMT5 hidden states of the prompt padded to ``text_length`` (512) tokens, zero past the
 prompt's end, as ``WanPipeline`` conditions the model; "" is the unconditional prompt. Wan has
 no fps input: fps only sets the time span of the clip upstream (C.3).
@@ -62,6 +69,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ayg.config import VIDEO_NEGATIVE_PROMPT
 from ayg.distill import Conditioning
@@ -220,6 +228,7 @@ class WanTeacher:
         sample_latents: bool = True,
         text_length: int = TEXT_LENGTH,
         negative_prompt: str = NEGATIVE_PROMPT,
+        checkpoint_encoder: bool = True,
     ) -> None:
         temporal = check_clip(frames, resolution, vae.config, transformer.config)
         self.device = torch.device(device)
@@ -239,6 +248,7 @@ class WanTeacher:
         self.latent_frames = (frames - 1) // temporal + 1
         self.sample_latents = sample_latents
         self.negative_prompt = negative_prompt
+        self.checkpoint_encoder = checkpoint_encoder
         z_dim = int(vae.config.z_dim)
         stats = dict(dtype=torch.float32, device=self.device)
         self._latent_mean = torch.tensor(vae.config.latents_mean, **stats).view(1, z_dim, 1, 1, 1)
@@ -348,6 +358,8 @@ class WanTeacher:
         """clips (B, F, 3, H, W) in [0, 1] -> latents (B, 1 + (F−1)/4, 16, H'/8, W'/8) float32
         at (H', W') = ``resolution``, the whole clip through the causal 3D encoder. With
         ``grad_frames = k < F`` only k random frames of each clip carry gradient."""
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
         self._ensure_active()
         if images.ndim != 5 or images.shape[1] != self.frames or images.shape[2] != 3:
             raise ValueError(
@@ -367,13 +379,28 @@ class WanTeacher:
         x = resize_bilinear(images.flatten(0, 1), self.resolution)  # (B·F, 3, H', W')
         x = x.unflatten(0, (b, f)).transpose(1, 2)  # (B, 3, F, H', W')
         x = x.to(device=param.device, dtype=param.dtype) * 2.0 - 1.0
-        dist = self.vae.encode(x).latent_dist
+        recompute = self.checkpoint_encoder and x.requires_grad and torch.is_grad_enabled()
+        moments = torch.cat(
+            [
+                checkpoint(self._moments, clip, use_reentrant=False)
+                if recompute
+                else self._moments(clip)
+                for clip in x.split(1)
+            ]
+        )  # (B, 2·16, F', h, w)
+        dist = DiagonalGaussianDistribution(moments)
         z = dist.mean  # (B, 16, F', h, w)
         if self.sample_latents:
             noise = torch.randn(z.shape, generator=generator).to(device=z.device, dtype=z.dtype)
             z = z + dist.std * noise
         z = (z.float() - self._latent_mean) / self._latent_std
         return z.transpose(1, 2)  # (B, F', 16, h, w)
+
+    def _moments(self, clip: Tensor) -> Tensor:
+        """clip (1, 3, F, H', W') in [-1, 1] -> the posterior's mean and log-variance stacked,
+        (1, 2·16, F', h, w). The VAE resets its causal cache on every call, so a recomputation
+        under checkpointing repeats the forward exactly."""
+        return self.vae.encode(clip).latent_dist.parameters
 
     def predict_noise(
         self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
