@@ -9,9 +9,18 @@ with flow sigmas, shift 3.0).
 
     PYTHONPATH=src python -c "import sys; sys.path.insert(0, 'benchmarks'); \\
         import torch, wan_configs; t = wan_configs.build_wan_teacher(torch.device('cuda'))"
+
+Run as a script it measures the activations the real-size VAE encoder keeps for its backward
+on one 17-frame clip (the memory that per-clip checkpointing in ``WanTeacher`` bounds), at two
+small sizes on the CPU, and extrapolates linearly in pixels:
+
+    PYTHONPATH=src python benchmarks/wan_configs.py [--sizes 32x48,64x96] [--dtype bfloat16]
 """
 
 from __future__ import annotations
+
+import argparse
+import time
 
 import torch
 
@@ -138,3 +147,62 @@ def n_params(teacher: WanTeacher) -> dict[str, float]:
     """Parameters of each part, in millions."""
     parts = {"transformer": teacher.transformer, "vae": teacher.vae, "text": teacher.text_encoder}
     return {k: sum(p.numel() for p in m.parameters()) / 1e6 for k, m in parts.items()}
+
+
+def saved_encoder_bytes(vae, height: int, width: int, frames: int = FRAMES) -> int:
+    """Bytes the VAE encoder keeps for the backward of one clip (3, frames, height, width): the
+    distinct storages its autograd graph saves, the weights excluded."""
+    weights = {p.untyped_storage().data_ptr() for p in vae.parameters()}
+    param = next(vae.parameters())
+    x = torch.rand(1, 3, frames, height, width, device=param.device, dtype=param.dtype)
+    x.requires_grad_(True)
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        vae.encode(x * 2 - 1).latent_dist.mean.float().sum().backward()
+    return sum(saved.values())
+
+
+def main() -> None:
+    from diffusers import AutoencoderKLWan
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="32x48,64x96", help="two HxW clip sizes to measure")
+    ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    try:
+        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+        if len(sizes) != 2 or any(len(s) != 2 or min(s) <= 0 for s in sizes):
+            raise ValueError
+    except ValueError:
+        ap.error(f"--sizes takes two HxW sizes, e.g. 32x48,64x96; got {args.sizes!r}")
+    device = torch.device(args.device)
+    with torch.device(device):
+        vae = AutoencoderKLWan(**wan_vae_config())
+    vae = vae.eval().requires_grad_(False).to(getattr(torch, args.dtype))
+    points = []
+    for h, w in sizes:
+        t0 = time.perf_counter()
+        b = saved_encoder_bytes(vae, h, w)
+        points.append((h * w, b))
+        s = time.perf_counter() - t0
+        print(
+            f"{FRAMES}x{h}x{w}: {b / 2**20:.1f} MiB ({b / (h * w) / 2**10:.1f} KiB/pixel), {s:.0f} s"
+        )
+    (p0, b0), (p1, b1) = points
+    slope = (b1 - b0) / (p1 - p0)
+    for h, w in ((480, 832), (240, 416)):
+        print(
+            f"extrapolated {FRAMES}x{h}x{w}: {(b0 + slope * (h * w - p0)) / 2**30:.1f} GiB per clip"
+        )
+
+
+if __name__ == "__main__":
+    main()
