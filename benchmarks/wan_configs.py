@@ -1,5 +1,5 @@
 """Real-size Wan 2.1 T2V 1.3B configurations and a random-weight Wan teacher of that size, for
-GPU step benchmarks of stage 2 (AYG sec. 3.2, table 4) without the ~17 GB download.
+GPU step benchmarks of stage 2 (AYG sec. 3.2, table 4) without downloading the weights.
 
 The values are those of the public ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` repository's config
 files (the Wan 2.1 technical report's 1.3B model: 30 blocks of width 1536 = 12 heads × 128, FFN

@@ -86,8 +86,8 @@ MODEL_ID = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 FRAMES = 17
 RESOLUTION = (480, 832)  # (H, W)
 TEXT_LENGTH = 512  # WanPipeline's max_sequence_length
-# The paper's motion words, then those of Wan's own default negative prompt (its model card's
-# example) that describe still or degraded clips.
+# The paper's motion words, then the words of Wan's own default negative prompt (in English as
+# diffusers' WanPipeline example writes it) that describe still or degraded clips.
 NEGATIVE_PROMPT = VIDEO_NEGATIVE_PROMPT + ", static, still picture, blurred details, low quality"
 
 
@@ -278,8 +278,9 @@ class WanTeacher:
         **kwargs: Any,
     ) -> WanTeacher:
         """Load a diffusers Wan text-to-video repository (``model_index.json``, ``transformer/``,
-        ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) from the Hugging Face cache or
-        a local folder; raises ``TeacherNotAvailable`` when offline and the model is missing."""
+        ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``; weights as safetensors only)
+        from the Hugging Face cache or a local folder; raises ``TeacherNotAvailable`` when
+        offline and the model is missing."""
         from diffusers import (
             AutoencoderKLWan,
             FlowMatchEulerDiscreteScheduler,
@@ -290,7 +291,7 @@ class WanTeacher:
         dtype = dtype or default_dtype(device)
         vae_dtype = vae_dtype or dtype
         common = dict(local_files_only=local_files_only, cache_dir=cache_dir, revision=revision)
-        weights = dict(common, variant=variant)
+        weights = dict(common, variant=variant, use_safetensors=True)  # the repo ships no pickles
         # any scheduler class reads scheduler_config.json; flow_schedule checks what it says
         config = load_component(
             FlowMatchEulerDiscreteScheduler.load_config, model_id, "scheduler", **common
