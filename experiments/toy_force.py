@@ -95,8 +95,9 @@ class ForceProbe:
         import dataclasses
 
         from ayg.regularizers import knn_indices
-        from ayg.stages import stage2_samplers, stage2_terms
+        from ayg.stages import stage2_defaults, stage2_samplers, stage2_terms
 
+        cfg = stage2_defaults(cfg, teachers["video"])  # the clip length is the video teacher's
         self.cloud, self.prompt, self.cfg = cloud, prompt, cfg
         self.teachers, self.motion = teachers, motion
         self.device = cloud.means.device

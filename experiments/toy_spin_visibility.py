@@ -82,8 +82,8 @@ def stage2_cameras(count: int, seed: int, width: int = 64, height: int = 40):
     from ayg.config import preset
     from ayg.stages import stage2_samplers
 
-    _, sampler = stage2_samplers(preset("toy").stage2)
-    sampler = dataclasses.replace(sampler, frames=1, width=width, height=height)
+    one_frame = dataclasses.replace(preset("toy").stage2, frames=1, width=width, height=height)
+    _, sampler = stage2_samplers(one_frame)
     return sampler.sample(count, torch.Generator().manual_seed(seed))
 
 

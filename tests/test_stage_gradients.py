@@ -15,7 +15,7 @@ import zlib
 import pytest
 import torch
 
-from ayg.config import Stage1Config, Stage2Config
+from ayg.config import VIDEO_NEGATIVE_PROMPT, Stage1Config, Stage2Config
 from ayg.deformation import Motion
 from ayg.gaussians import GaussianCloud
 from ayg.stages import RunContext, new_segment, run_stage1, run_stage2
@@ -131,7 +131,7 @@ def test_stage2_terms_follow_eq24_per_frame(omega_vid):
     # video (eq. 23–24): w·ω_vid·(⟨δ⟩ + ω_ma·(δ − ⟨δ⟩)) / B, δ = δ_cls + ω_neg·(ε̂(∅) − ε̂(v_neg))
     (g_vid,) = vid.grads  # (B, F, 3, H, W)
     c, u = eps_for(PROMPT, (F, *shape)), eps_for("", (F, *shape))
-    n = eps_for(cfg.negative_prompt, (F, *shape))
+    n = eps_for(VIDEO_NEGATIVE_PROMPT, (F, *shape))  # the teacher's default (it names none)
     delta = (c - u) + cfg.omega_neg * (u - n)  # (F, 3, H, W)
     mean = delta.mean(0, keepdim=True)
     expected = W_T * omega_vid * (mean + cfg.omega_ma * (delta - mean)) / B

@@ -49,7 +49,12 @@ class TeacherConfig:
     kind: str = "real"
     image_model: str = "stabilityai/stable-diffusion-2-1-base"
     multiview_model: str = "MVDream/MVDream"
+    # a UNet3D text-to-video model (Zeroscope, ModelScope) or a Wan one
+    # (Wan-AI/Wan2.1-T2V-1.3B-Diffusers); the family is read from the model's model_index.json
     video_model: str = "cerspense/zeroscope_v2_576w"
+    # (H, W) the renders are resized to for the real video teacher; None: the teacher's own
+    # (320×512 for UNet3D models, 480×832 for Wan)
+    video_resolution: tuple[int, int] | None = None
     dtype: str = "bfloat16"  # on CUDA; CPU always float32
     offload_idle: bool = False
     local_files_only: bool = False
@@ -128,7 +133,7 @@ class Stage2Config:
 
     steps: int = 10_000
     batch: int = 4  # sequences
-    frames: int = 16
+    frames: int | None = None  # None: the video teacher's (16; Wan 4k + 1 = 17)
     width: int = 256
     height: int = 160
     lr: float = 1e-3
@@ -143,7 +148,7 @@ class Stage2Config:
     omega_neg: float = 0.8
     omega_vid: float = 1.0
     omega_im: float = 1.0
-    negative_prompt: str = VIDEO_NEGATIVE_PROMPT
+    negative_prompt: str | None = None  # None: the video teacher's (VIDEO_NEGATIVE_PROMPT)
     t_range: tuple[float, float] = (0.02, 0.98)
     fps_values: tuple[int, ...] = (4, 8, 12)
     fps_probs: tuple[float, ...] = (0.81, 0.14, 0.05)
@@ -424,7 +429,8 @@ def tiny_preset() -> RunConfig:
     s1.init_gaussians = 200
     s1.densify_start, s1.densify_every = 3, 3
     s1.t_image_steps, s1.t_multiview_steps = 4, 5
-    s2.steps, s2.batch, s2.frames = 4, 1, 16
+    s2.steps, s2.batch = 4, 1
+    s2.fps_frame_step = Stage2Config.fps_frame_step  # C.3's pace: any teacher's frame count
     s2.width, s2.height = 32, 20
     s2.knn = 8
     cfg.output.preview_frames = 4
@@ -552,7 +558,7 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(t, name)
         if value is not None and not value.strip():
             raise ValueError(f"{_field('teachers.' + name)} must be a non-empty string or null")
-    _check_int("teachers.grad_frames", t.grad_frames, 1, cfg.stage2.frames, optional=True)
+    _check_int("teachers.grad_frames", t.grad_frames, 1, cfg.stage2.frames or 256, optional=True)
     if t.encoder_backward not in ("keep", "convs", "lean", "recompute"):
         raise ValueError(
             "config field 'teachers.encoder_backward' must be keep, convs, lean or recompute, "
@@ -561,6 +567,20 @@ def validate(cfg: RunConfig) -> None:
     _check_int("teachers.encoder_chunk", t.encoder_chunk, 1, 4096)
     compile_modes = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
     _check_choice("teachers.compile", t.compile, compile_modes)
+    res = t.video_resolution
+    if res is not None:
+        if len(res) != 2 or any(
+            isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= MAX_RENDER_SIDE
+            for r in res
+        ):
+            raise ValueError(
+                f"{_field('teachers.video_resolution')} must be [H, W] with positive integers up "
+                f"to {MAX_RENDER_SIDE}, got {list(res)}"
+            )
+        if t.kind != "real":
+            raise ValueError(
+                f"{_field('teachers.video_resolution')} applies to real video teachers only"
+            )
 
     s1 = cfg.stage1
     _check_int("stage1.steps", s1.steps, 1, MAX_STEPS)
@@ -601,7 +621,7 @@ def validate(cfg: RunConfig) -> None:
     s2 = cfg.stage2
     _check_int("stage2.steps", s2.steps, 1, MAX_STEPS)
     _check_int("stage2.batch", s2.batch, 1, 1024)
-    _check_int("stage2.frames", s2.frames, 2, 256)
+    _check_int("stage2.frames", s2.frames, 2, 256, optional=True)  # None: the teacher's
     _check_size("stage2.", s2.width, s2.height)
     _check_number("stage2.lr", s2.lr, 0.0, low_open=True)
     _check_int("stage2.hidden", s2.hidden, 1, 65_536)
@@ -633,9 +653,9 @@ def validate(cfg: RunConfig) -> None:
     _check_range("stage2.distance_range", s2.distance_range, 0.0, 1000.0, low_open=True)
     _check_range("stage2.elevation_offset_range", s2.elevation_offset_range, -180.0, 180.0)
     _check_range("stage2.azimuth_offset_range", s2.azimuth_offset_range, -360.0, 360.0)
-    _check_int("stage2.image_frames", s2.image_frames, 1, s2.frames)
+    _check_int("stage2.image_frames", s2.image_frames, 1, s2.frames or 16)
     _check_number("stage2.fps_frame_step", s2.fps_frame_step, 0.0, low_open=True)
-    if (s2.frames - 1) * s2.fps_frame_step > 3.0 + 1e-9:
+    if s2.frames is not None and (s2.frames - 1) * s2.fps_frame_step > 3.0 + 1e-9:
         raise ValueError(
             f"{_field('stage2.fps_frame_step')} times (stage2.frames - 1) must be <= 3 (C.3: the "
             f"last frame inside [0, 1]), got {s2.fps_frame_step} for {s2.frames} frames"

@@ -69,7 +69,10 @@ class Conditioning:
 
 @runtime_checkable
 class Teacher(Protocol):
-    """A frozen diffusion model seen through sequences ``(B, F, ...)`` (F = 1, 4 or 16)."""
+    """A frozen diffusion model seen through sequences ``(B, F, ...)`` (F = 1, 4 or 16; 4k + 1
+    for Wan). A flow-matching teacher publishes the ᾱ of its path rescaled to variance preserving
+    and rescales z_t itself in ``predict_noise`` (``ayg.teachers.wan``), so the maths below is
+    the same for every teacher."""
 
     kind: str  # "image" | "multiview" | "video"
     frames: int  # F it expects
@@ -85,8 +88,9 @@ class Teacher(Protocol):
         grad_frames: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """images (B, F, 3, H, W) in [0, 1] -> latents (B, F, c, h, w), differentiable (only
-        ``grad_frames`` random frames of each sequence carry gradient when set)."""
+        """images (B, F, 3, H, W) in [0, 1] -> latents (B, F', c, h, w), differentiable (only
+        ``grad_frames`` random frames of each sequence carry gradient when set). F' = F for
+        frame-wise encoders, the latent frames of a causal video VAE (1 + (F−1)/4 for Wan)."""
         ...
 
     def embed(self, prompts: Sequence[str]) -> Tensor:
@@ -96,7 +100,7 @@ class Teacher(Protocol):
     def predict_noise(
         self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
     ) -> Tensor:
-        """noisy (B', F, c, h, w), t (B',) long, emb (B', L, D) -> ε̂ (B', F, c, h, w)."""
+        """noisy (B', F', c, h, w), t (B',) long, emb (B', L, D) -> ε̂ (B', F', c, h, w)."""
         ...
 
     def offload(self) -> None:

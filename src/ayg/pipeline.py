@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ayg.asset import Asset
-from ayg.config import RunConfig, validate
+from ayg.config import VIDEO_NEGATIVE_PROMPT, RunConfig, validate
 from ayg.deformation import Motion
 from ayg.gaussians import GaussianCloud, load_ply
 from ayg.io_utils import remove_temp_files
@@ -67,6 +67,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _stage2_teachers(cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """The video teacher (for ``stage2.frames`` when that is set) and, unless stage 2 goes
+    without it, the image teacher."""
+    roles = ("video", "image") if cfg.stage2.use_image else ("video",)
+    return build_teachers(
+        cfg.teachers, device, roles, seed=cfg.seed, video_frames=cfg.stage2.frames
+    )
+
+
 def check_out_dir(out: Path, resume: bool) -> None:
     """Refuse a path that is a file, or a directory holding another run unless resuming.
     Touches nothing: the directory is made only once the teachers have loaded."""
@@ -84,8 +93,16 @@ def check_config(cfg: RunConfig) -> None:
     TensorBoard is installed when asked for."""
     validate(cfg)
     stage1_terms(cfg.stage1)
-    stage2_terms(cfg.stage2, cfg.teachers.grad_frames)
-    stage2_samplers(cfg.stage2)
+    # the fields stage 2 leaves to its video teacher, provisionally (the teacher's own are
+    # checked against the config once it is loaded, stages.stage2_defaults)
+    s2 = cfg.stage2
+    s2 = dataclasses.replace(
+        s2,
+        frames=s2.frames or 16,
+        negative_prompt=VIDEO_NEGATIVE_PROMPT if s2.negative_prompt is None else s2.negative_prompt,
+    )
+    stage2_terms(s2, cfg.teachers.grad_frames)
+    stage2_samplers(s2)
     check_teachers_runnable(cfg.teachers, cfg.device, cfg.preset)
     if cfg.output.tensorboard:
         import importlib.util
@@ -254,7 +271,7 @@ def generate(
         del teachers
         snapshot(cloud).save(stage1_path)
 
-    teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
+    teachers = _stage2_teachers(cfg, device)
     stage2_path = out / "stage2.ayg"  # kept only when fine-tuning follows
     if resume and stage2_path.exists():
         motion = Asset.load(stage2_path).objects[0].motion.to(device)
@@ -330,7 +347,7 @@ def animate(
     device = _prepare(out, cfg, job, resume)
     if resume and is_finished(out):
         return _finished(out, cfg)
-    teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
+    teachers = _stage2_teachers(cfg, device)
     _start_run(out, cfg, job)
     ctx = _context(cfg, out, device, progress, callback)
     motion = Motion([new_segment(cfg.stage2, "base", prompt, device, seed=cfg.seed)])
@@ -377,7 +394,7 @@ def extend(
     device = _prepare(out, cfg, job, resume)
     if resume and is_finished(out):
         return _finished(out, cfg)
-    teachers = build_teachers(cfg.teachers, device, ("video", "image"), seed=cfg.seed)
+    teachers = _stage2_teachers(cfg, device)
     _start_run(out, cfg, job)
     ctx = _context(cfg, out, device, progress, callback)
     motion = obj.motion if obj.motion is not None else Motion([])

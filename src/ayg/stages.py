@@ -5,6 +5,8 @@
 * ``run_stage2``: the deformation field only; video teacher (negative prompt, then motion
   amplification, eq. 23–24) plus the image teacher on 3 random frames and the middle frame;
   λ_JSD·JSD (C.5) and λ_rig·rigidity (C.4), dynamic cameras (C.6) and fps sampling (C.3).
+  The clip length and the default negative prompt are the video teacher's
+  (:func:`stage2_defaults`: 16 frames for a UNet3D teacher, 4k + 1 for Wan).
   The same loop trains an extension or loop segment (sec. 3.4) with the interpolation
   regulariser, earlier segments frozen.
 * fine-tuning (C.9) reuses both with other settings.
@@ -17,6 +19,7 @@ Inf is skipped and counted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pickle
@@ -31,7 +34,7 @@ import torch
 from torch import Tensor
 
 from ayg.cameras import FpsSampler, Stage1CameraSampler, Stage2CameraSampler, view_direction
-from ayg.config import Stage1Config, Stage2Config
+from ayg.config import VIDEO_NEGATIVE_PROMPT, Stage1Config, Stage2Config
 from ayg.deformation import DeformationConfig, DeformationField, Motion, Segment
 from ayg.distill import (
     Conditioning,
@@ -441,17 +444,47 @@ def run_stage1(
 # ----------------------------------------------------------------------------- stage 2
 
 
+def stage2_defaults(cfg: Stage2Config, video: Any) -> Stage2Config:
+    """``cfg`` with the fields it leaves to the video teacher filled in: ``frames`` (the
+    teacher's clip length) and ``negative_prompt`` (its own, else the paper's). A ``frames`` the
+    teacher was not built for is a ValueError."""
+    frames = video.frames if cfg.frames is None else cfg.frames
+    if frames != video.frames:
+        raise ValueError(
+            f"stage2.frames is {cfg.frames} but the video teacher takes {video.frames} frames; "
+            "leave stage2.frames unset to use the teacher's"
+        )
+    if not 1 <= cfg.image_frames <= frames:
+        raise ValueError(
+            f"stage2.image_frames must be between 1 and the clip's {frames} frames, "
+            f"got {cfg.image_frames}"
+        )
+    negative = cfg.negative_prompt
+    if negative is None:
+        negative = getattr(video, "negative_prompt", VIDEO_NEGATIVE_PROMPT)
+    return dataclasses.replace(cfg, frames=frames, negative_prompt=negative)
+
+
+def _resolved_frames(cfg: Stage2Config) -> int:
+    if cfg.frames is None:
+        raise ValueError("stage2.frames is unset; fill it from the video teacher (stage2_defaults)")
+    return cfg.frames
+
+
 def stage2_terms(
     cfg: Stage2Config, grad_frames: int | None = None
 ) -> tuple[TeacherTerm, TeacherTerm]:
-    """The two teacher terms of eq. 24: (video, image)."""
+    """The two teacher terms of eq. 24: (video, image). ``cfg.negative_prompt`` unset means the
+    paper's; :func:`stage2_defaults` sets the video teacher's."""
     schedule = TRangeSchedule.constant(*cfg.t_range)
     vid = TeacherTerm(
         weight=cfg.omega_vid,
         t_range=schedule,
         mode=cfg.mode,
         cfg_scale=cfg.sds_guidance,
-        negative_prompt=cfg.negative_prompt,
+        negative_prompt=VIDEO_NEGATIVE_PROMPT
+        if cfg.negative_prompt is None
+        else cfg.negative_prompt,
         negative_weight=cfg.omega_neg,
         motion_amplification=cfg.omega_ma,
         grad_frames=grad_frames,
@@ -465,7 +498,7 @@ def stage2_terms(
 
 def image_frame_indices(batch: int, frames: int, k: int, generator: torch.Generator) -> Tensor:
     """(B, k) frame indices for the image teacher: k−1 random frames plus the middle one
-    (the 8th of 16, index 7; sec. 3.2)."""
+    (index (F−1)//2: the 8th of 16, the 9th of 17; sec. 3.2)."""
     middle = (frames - 1) // 2
     out = []
     for _ in range(batch):
@@ -476,11 +509,13 @@ def image_frame_indices(batch: int, frames: int, k: int, generator: torch.Genera
 
 
 def stage2_samplers(cfg: Stage2Config) -> tuple[FpsSampler, Stage2CameraSampler]:
-    """Stage 2's fps / τ sampler (C.3) and dynamic camera sampler (C.6) for ``cfg``."""
+    """Stage 2's fps / τ sampler (C.3) and dynamic camera sampler (C.6) for ``cfg`` (its
+    ``frames`` set, e.g. by :func:`stage2_defaults`)."""
+    frames = _resolved_frames(cfg)
     fps = FpsSampler(
         fps_values=cfg.fps_values,
         probs=cfg.fps_probs,
-        frames=cfg.frames,
+        frames=frames,
         frame_step=cfg.fps_frame_step,
     )
     cams = Stage2CameraSampler(
@@ -489,7 +524,7 @@ def stage2_samplers(cfg: Stage2Config) -> tuple[FpsSampler, Stage2CameraSampler]
         distance_range=cfg.distance_range,
         elevation_offset_range=cfg.elevation_offset_range,
         azimuth_offset_range=cfg.azimuth_offset_range,
-        frames=cfg.frames,
+        frames=frames,
         dynamic=cfg.dynamic_cameras,
         width=cfg.width,
         height=cfg.height,
@@ -521,6 +556,10 @@ def run_stage2(
 ) -> Motion:
     """Optimise the LAST segment of ``motion`` (its earlier segments stay fixed) on the frozen
     ``cloud``. Returns the motion with the trained segment."""
+    video = teachers.get("video")
+    if video is None:
+        raise ValueError("stage 2 needs a video teacher")
+    cfg = stage2_defaults(cfg, video)
     device = ctx.device
     generator = torch.Generator().manual_seed(seed)
     cloud = cloud.detached().to(device)
@@ -555,7 +594,6 @@ def run_stage2(
 
     fps_sampler, cam_sampler = stage2_samplers(cfg)
     vid_term, im_term = stage2_terms(cfg, grad_frames)
-    video = teachers.get("video")
     image = teachers.get("image") if cfg.use_image else None
     if video is None:
         raise ValueError("stage 2 needs a video teacher")

@@ -1,8 +1,10 @@
 """Teachers: frozen diffusion models that judge renders (DESIGN §3, §7).
 
 One file per teacher: ``stable_diffusion`` (image), ``mvdream`` (multiview), ``video``
-(text-to-video UNet3D) and ``toy`` (the offline pixel-space teachers). ``build_teachers`` picks
-them from a ``TeacherConfig``; heavy imports happen only for the kind asked for.
+(text-to-video UNet3D: Zeroscope, ModelScope), ``wan`` (Wan 2.1, flow matching) and ``toy`` (the
+offline pixel-space teachers). ``build_teachers`` picks them from a ``TeacherConfig``; the video
+teacher's family comes from the model's own ``model_index.json`` (the class of its denoiser), so
+``teachers.video_model`` alone selects it. Heavy imports happen only for the kind asked for.
 """
 
 from __future__ import annotations
@@ -14,12 +16,66 @@ import torch
 from ayg.config import TeacherConfig
 
 ROLES = ("image", "multiview", "video")
+# the denoiser class named in a video model's model_index.json -> the teacher that runs it
+VIDEO_FAMILIES = {
+    ("transformer", "WanTransformer3DModel"): "wan",
+    ("unet", "UNet3DConditionModel"): "unet3d",
+}
+
+
+def video_family(
+    model_id: str, local_files_only: bool | None = None, cache_dir: str | None = None
+) -> str:
+    """The family ("wan" or "unet3d") of a diffusers text-to-video repository or folder, read
+    from its ``model_index.json``; anything else is a ValueError naming what the model is."""
+    from ayg.teachers.hub import pipeline_index
+
+    index = pipeline_index(model_id, local_files_only=local_files_only, cache_dir=cache_dir)
+    for (folder, cls), family in VIDEO_FAMILIES.items():
+        entry = index.get(folder)
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] == cls:
+            return family
+    allowed = " or ".join(f"{cls} ({folder}/)" for folder, cls in VIDEO_FAMILIES)
+    raise ValueError(
+        f"teachers.video_model {model_id!r} is a {index.get('_class_name', 'pipeline')} "
+        f"without a video denoiser this tool runs; allowed: {allowed}"
+    )
+
+
+def load_video_teacher(
+    cfg: TeacherConfig, device: torch.device, dtype: torch.dtype, frames: int | None = None
+) -> Any:
+    """The video teacher of ``cfg.video_model`` (Wan or UNet3D, by ``video_family``) with its
+    own default frame count and resolution unless ``frames`` / ``cfg.video_resolution`` say."""
+    kwargs: dict[str, Any] = {}
+    if frames is not None:
+        kwargs["frames"] = frames
+    if cfg.video_resolution is not None:
+        kwargs["resolution"] = tuple(cfg.video_resolution)
+    if video_family(cfg.video_model, local_files_only=cfg.local_files_only) == "wan":
+        from ayg.teachers.wan import WanTeacher as cls
+    else:
+        from ayg.teachers.video import VideoTeacher as cls
+    return cls.from_pretrained(
+        cfg.video_model,
+        device=device,
+        dtype=dtype,
+        local_files_only=cfg.local_files_only,
+        cache_dir=cfg.cache_dir,
+        revision=cfg.video_revision,
+        **kwargs,
+    )
 
 
 def build_teachers(
-    cfg: TeacherConfig, device: torch.device, roles: tuple[str, ...], seed: int = 0
+    cfg: TeacherConfig,
+    device: torch.device,
+    roles: tuple[str, ...],
+    seed: int = 0,
+    video_frames: int | None = None,
 ) -> dict[str, Any]:
-    """Teachers for ``roles`` (a subset of ROLES) on ``device``."""
+    """Teachers for ``roles`` (a subset of ROLES) on ``device``. ``video_frames`` (stage 2's
+    ``frames`` when set) builds a real video teacher for that clip length instead of its own."""
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown teacher role(s) {sorted(unknown)}; allowed: {', '.join(ROLES)}")
@@ -51,11 +107,7 @@ def build_teachers(
             cfg.multiview_model, device=device, dtype=dtype, revision=cfg.multiview_revision, **hub
         )
     if "video" in roles:
-        from ayg.teachers.video import VideoTeacher
-
-        out["video"] = VideoTeacher.from_pretrained(
-            cfg.video_model, device=device, dtype=dtype, revision=cfg.video_revision, **hub
-        )
+        out["video"] = load_video_teacher(cfg, device, dtype, frames=video_frames)
     if device.type == "cuda":
         from ayg.teachers.runtime import configure_teacher
 

@@ -115,6 +115,35 @@ def hub_file(
         raise not_available(model_id, filename, e) from e
 
 
+def pipeline_index(
+    model_id: str,
+    *,
+    local_files_only: bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    revision: str | None = None,
+) -> dict[str, Any]:
+    """The ``model_index.json`` of a diffusers pipeline repository (or local folder): its
+    ``_class_name`` and, per component folder, ``[library, class name]``."""
+    import json
+
+    path = hub_file(
+        model_id,
+        "model_index.json",
+        local_files_only=local_files_only,
+        cache_dir=cache_dir,
+        revision=revision,
+    )
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TeacherNotAvailable(
+            f"teacher model {model_id!r} has an unreadable model_index.json ({type(e).__name__})"
+        ) from e
+    if not isinstance(index, dict):
+        raise TeacherNotAvailable(f"teacher model {model_id!r}: model_index.json is not a mapping")
+    return index
+
+
 def safe_torch_load(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a torch checkpoint loaded with
     ``weights_only=True`` (no pickled code runs). A ``state_dict`` wrapper key is unwrapped."""

@@ -54,19 +54,24 @@ class PromptCache:
             raise TypeError("embed takes a sequence of prompts, not one string")
         missing = [p for p in dict.fromkeys(prompts) if p not in self.cache]
         if missing:
-            enc_device = next(self.text_encoder.parameters()).device
-            ids = self.tokenizer(
-                missing,
-                padding="max_length",
-                max_length=self.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(enc_device)  # (P', L)
-            hidden = self.text_encoder(ids)[0]  # (P', L, D) last hidden state
+            hidden = self.encode(missing)  # (P', L, D)
             self.encoder_calls += 1
             for p, h in zip(missing, hidden, strict=True):
                 self.cache[p] = h.to(device)  # kept where it is used: no copy on later calls
         return torch.stack([self.cache[p].to(device) for p in prompts])
+
+    def encode(self, prompts: list[str]) -> Tensor:
+        """(P, L, D) last hidden states of the CLIP text encoder, padded to the tokenizer's
+        ``model_max_length``."""
+        enc_device = next(self.text_encoder.parameters()).device
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(enc_device)  # (P, L)
+        return self.text_encoder(ids)[0]
 
     def to(self, device: torch.device) -> None:
         self.cache = {p: h.to(device) for p, h in self.cache.items()}
@@ -275,7 +280,7 @@ def load_latent_components(
     scheduler = load_component(DDPMScheduler.from_pretrained, model_id, "scheduler", **common)
     tokenizer = load_component(CLIPTokenizer.from_pretrained, model_id, "tokenizer", **common)
     text_encoder = load_component(
-        CLIPTextModel.from_pretrained, model_id, "text_encoder", **_dtype_kwarg(dtype), **weights
+        CLIPTextModel.from_pretrained, model_id, "text_encoder", **dtype_kwarg(dtype), **weights
     )
     vae = load_component(
         AutoencoderKL.from_pretrained, model_id, "vae", torch_dtype=vae_dtype, **weights
@@ -301,7 +306,7 @@ def freeze(module: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Mo
     return module.to(device)
 
 
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """transformers >= 4.56 calls it ``dtype``, older versions ``torch_dtype``."""
     import transformers
     from packaging.version import Version

@@ -4,9 +4,10 @@
 The paper's fps-conditioned VideoLDM is not public (DESIGN §7); the default stand-in is
 ``cerspense/zeroscope_v2_576w`` (trained at 320×576, close to the paper's 320×512), and
 ``ali-vilab/text-to-video-ms-1.7b`` loads the same way. Both share the SD autoencoder and an
-OpenCLIP-H text encoder. Frames of a clip (B, F=16, 3, H, W) are resized to 320×512 (C.8),
-encoded by the VAE frame by frame, and denoised jointly by the 3D UNet, whose input is laid out
-(B, c, F, h, w). When the UNet's ``forward`` takes an ``fps`` argument it gets ``cond.fps``;
+OpenCLIP-H text encoder; the model's ``UNet3DConditionModel`` is loaded on its own, without
+diffusers' (deprecated) text-to-video pipeline. Frames of a clip (B, F=16, 3, H, W) are resized
+to 320×512 (C.8), encoded by the VAE frame by frame, and denoised jointly by the 3D UNet, whose
+input is laid out (B, c, F, h, w). When the UNet's ``forward`` takes an ``fps`` argument it gets ``cond.fps``;
 Zeroscope and ModelScope do not, and then fps only sets the time span of the clip upstream
 (C.3). ``grad_frames=k`` backpropagates through the encoder for k random frames of each clip
 only, which bounds the encoder's activation memory.
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ayg.config import VIDEO_NEGATIVE_PROMPT
 from ayg.distill import Conditioning
 from ayg.teachers.stable_diffusion import (
     RESOLUTION,
@@ -49,6 +51,7 @@ class VideoTeacher:
     """Video teacher (F = 16) implementing ``ayg.distill.Teacher``."""
 
     kind = "video"
+    negative_prompt = VIDEO_NEGATIVE_PROMPT  # stage 2's default (the paper's, eq. 23)
 
     def __init__(
         self,
