@@ -1,4 +1,4 @@
-"""Tests of ayg.cameras: the DESIGN §4 convention, intrinsics, and the samplers of C.3 / C.6."""
+"""Tests of ayg.cameras: the camera convention of docs/ARCHITECTURE.md, intrinsics, and the samplers of C.3 / C.6."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metrics of DESIGN §8 on synthetic assets with fake classifiers."""
+"""Metrics of ayg eval on synthetic assets with fake classifiers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of ayg.render on the CPU: camera convention (DESIGN §4), footprint, compositing order,
+"""Tests of ayg.render on the CPU: camera convention (docs/ARCHITECTURE.md, Conventions), footprint, compositing order,
 background, depth, the torch backend against a naive dense reference (outputs and gradients)
 and against finite differences, visibility, SH, input validation."""
 
@@ -27,7 +27,7 @@ render_module = importlib.import_module("ayg.render")  # ayg.render is also a fu
 
 # --------------------------------------------------------------------------------------------
 # Naive dense reference: every pixel × every Gaussian, sorted by depth, plain cumprod.
-# The projection is written out independently of render.py from DESIGN §4 and the paper's eq. 1.
+# The projection is written out independently of render.py from docs/ARCHITECTURE.md and the paper's eq. 1.
 
 
 def _rotmat(q: torch.Tensor) -> torch.Tensor:

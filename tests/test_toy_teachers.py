@@ -258,7 +258,7 @@ def test_classifiers_resize_and_shapes():
 SHIPPED = all(weights_path(n).is_file() for n in WEIGHT_FILES)
 
 
-@pytest.mark.skipif(not SHIPPED, reason="toy weights not shipped yet")
+@pytest.mark.skipif(not SHIPPED, reason="the toy weights are missing from the package")
 @pytest.mark.parametrize("name", list(WEIGHT_FILES))
 def test_shipped_weights_reproduce_checksum(name):
     net, meta = load_net(weights_path(name))
@@ -275,14 +275,14 @@ def test_shipped_weights_reproduce_checksum(name):
     assert train["steps"] > 0
 
 
-@pytest.mark.skipif(not SHIPPED, reason="toy weights not shipped yet")
+@pytest.mark.skipif(not SHIPPED, reason="the toy weights are missing from the package")
 def test_shipped_teachers_and_classifiers_load():
     ts = load_toy_teachers("cpu")
     assert {k: t.frames for k, t in ts.items()} == {"image": 1, "multiview": 4, "video": 16}
     assert isinstance(load_toy_classifiers("cpu"), ToyClassifiers)
 
 
-@pytest.mark.skipif(not SHIPPED, reason="toy weights not shipped yet")
+@pytest.mark.skipif(not SHIPPED, reason="the toy weights are missing from the package")
 def test_shipped_appearance_classifier_reads_a_render():
     """The trained appearance classifier names a clean analytic render (eval camera)."""
     from tools.toyworld.scene import render

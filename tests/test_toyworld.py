@@ -172,7 +172,7 @@ def test_swaying_moves_the_top_sideways_nodding_does_not():
 
 def test_nodding_is_twice_as_fast_as_swaying():
     # Two nods per segment, one sway: the nod is back at rest at τ = 0.5, the sway at its
-    # opposite extreme at τ = 0.75; both share the amplitude (DESIGN §7, scene docstring).
+    # opposite extreme at τ = 0.75; both share the amplitude (the scene docstring).
     top = torch.tensor([[0.0, 0.0, 0.4]])  # h = 1: moves by the full bend
     for tau, sway_y, nod_x in ((0.125, 0.25 * math.sqrt(0.5), 0.25), (0.5, 0.0, 0.0)):
         sway = scene.deform(top, "swaying", tau)[0]

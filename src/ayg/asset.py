@@ -1,5 +1,5 @@
 """The ``.ayg`` asset: Gaussians + deformation fields + placements in one safetensors file
-(DESIGN §4), and the world-space view of an asset that rendering and export use.
+(docs/ARCHITECTURE.md, Conventions), and the world-space view of an asset that rendering and export use.
 
 An asset is a list of objects. Each object is a static ``GaussianCloud`` (stage 1), an optional
 ``Motion`` (stage 2: a chain of deformation-field segments over global time, sec. 3.4) and a

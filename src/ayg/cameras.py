@@ -1,7 +1,7 @@
-"""Cameras: the pinhole model of DESIGN §4, look-at construction, and the samplers of
+"""Cameras: the pinhole model of docs/ARCHITECTURE.md, look-at construction, and the samplers of
 the paper's appendix C.3 (fps / time) and C.6 (stage-1 and dynamic stage-2 cameras).
 
-Conventions (DESIGN §4):
+Conventions (docs/ARCHITECTURE.md, Conventions):
 * world is right-handed, z up, object at the origin;
 * a camera at (elevation e, azimuth a, distance d) sits at d·(cos e cos a, cos e sin a, sin e)
   and looks at the origin with up = +z; azimuth 0 is the object's front (+x);
@@ -168,7 +168,7 @@ def look_at_cameras(
     height: int,
     device: torch.device | str = "cpu",
 ) -> Cameras:
-    """Cameras on a sphere around the origin, looking at it with up = +z (DESIGN §4).
+    """Cameras on a sphere around the origin, looking at it with up = +z (docs/ARCHITECTURE.md, Conventions).
 
     Each of elevation / azimuth / distance / fov is a float or a (C,) sequence; scalars are
     broadcast to the length of the others. The right axis is (-sin a, cos a, 0), which stays
@@ -383,7 +383,7 @@ def view_direction(elevation: float, azimuth: float) -> str:
 
 @dataclass
 class CameraSpec:
-    """One camera as a user states it on the command line (DESIGN §4 defaults of `ayg render`)."""
+    """One camera as a user states it on the command line (the defaults of `ayg render`)."""
 
     elevation: float = 15.0
     azimuth: float = 0.0

@@ -359,7 +359,7 @@ def lowvram_preset() -> RunConfig:
 
 
 def toy_preset() -> RunConfig:
-    """The offline toy world (DESIGN §7): shipped pixel-space teachers, CPU in minutes."""
+    """The offline toy world: shipped pixel-space teachers, CPU in minutes."""
     cfg = RunConfig(preset="toy")
     cfg.teachers.kind = "toy"
     s1, s2 = cfg.stage1, cfg.stage2
@@ -383,7 +383,7 @@ def toy_preset() -> RunConfig:
     s2.azimuth_offset_range = TOY_STAGE2_AZIMUTH_OFFSET
     # Pixel-space toy teachers score every pixel directly (no VAE encoder in between), so
     # their gradients outweigh the regularisers more than latent teachers' do. Measured on the
-    # H200 (docs/RESULTS.md): with the session-3 stage 1 (CSD), the paper's ω_ma = 24 with JSD
+    # H200 (docs/RESULTS.md): with a CSD stage 1, the paper's ω_ma = 24 with JSD
     # and rigidity 300 blew the speckled clouds apart (mean drift 2.1 over 24 prompts); with
     # the clean SDS stage 1, ω_ma = 12 and JSD / rigidity 1000 keep them together (drift 0.37
     # on 16 hard prompts, 0.75 at ω_ma = 24) and move them more than ω_ma = 6.
@@ -393,7 +393,7 @@ def toy_preset() -> RunConfig:
     # ε(∅) − ε(static) of eq. (23) rewards any motion whatever its pace, and in the toy world pace
     # is what tells a sway from a nod. experiments/toy_force.py, s = 0.5, "a red cube swaying":
     # at 0.8 the video term pulls 101 towards the sway and 85–96 towards bends at the nod's pace,
-    # at 0.3 58 vs 38–49. All 48 moving prompts × seeds 0 and 1 (docs/RESULTS.md, session 6):
+    # at 0.3 58 vs 38–49. All 48 moving prompts × seeds 0 and 1 (docs/RESULTS.md):
     # motion 70.8 % (0.8: 66.7 %), sways 29/32 (14/32), nods 32/32 (32/32), but spins 7/32
     # (21/32): that push is also what starts a spin. Appearance 100 % (97.9 %), drift 0.20 (0.38).
     s2.omega_neg = 0.3
@@ -402,7 +402,7 @@ def toy_preset() -> RunConfig:
     # pixels a clip noised past t ≈ 0.75 carries no motion: toy_force.py found the pull for
     # t ∈ [0.75, 0.98] zero within noise on spins (cube −0.2 ± 0.3 against 25–54 below 0.5) and
     # under 3 % of the pull below 0.5 on bends, so those draws only added noise. All 48 moving
-    # prompts × seeds 0, 1 and 2 (docs/RESULTS.md, session 7): motion 81.3 / 81.3 / 77.1 %,
+    # prompts × seeds 0, 1 and 2 (docs/RESULTS.md): motion 81.3 / 81.3 / 77.1 %,
     # spins 20/48 (7/32 at seeds 0 and 1 with the full range), sways 47/48, nods 48/48,
     # appearance 100 %, drift 0.29 (0.20 with the full range).
     s2.t_range = (0.02, 0.5)

@@ -21,7 +21,7 @@ Tracks file (``export_tracks``, a ``.npz`` readable with ``numpy.load``):
     times       (T,)        float32  global times g
     positions   (T, N, 3)   float32  world positions of every Gaussian (all objects, in order)
     object_ids  (N,)        int64    which object of the asset each Gaussian belongs to
-  and when cameras are given (C cameras, DESIGN §4 pinhole: OpenCV camera space, pixel
+  and when cameras are given (C cameras, the pinhole camera of docs/ARCHITECTURE.md: OpenCV camera space, pixel
   centres at +0.5, so pixel (row i, col j) spans u ∈ [j, j+1), v ∈ [i, i+1)):
     uv          (C, T, N, 2) float32 pixel coordinates (u right, v down) of each centre —
                                      exactly the renderer's ``means2d``; NaN where depth <= 0
@@ -327,7 +327,7 @@ def export_ply_frames(
 
 def project(points: Tensor, cameras: Cameras) -> tuple[Tensor, Tensor]:
     """World points (..., N, 3) seen by C cameras -> uv (C, ..., N, 2) pixels and depth
-    (C, ..., N). Same maths as the renderer's projection of the centres (DESIGN §4)."""
+    (C, ..., N). Same maths as the renderer's projection of the centres (docs/ARCHITECTURE.md, Conventions)."""
     viewmats = cameras.viewmats.to(points)  # (C, 4, 4)
     K = cameras.K.to(points)  # (C, 3, 3)
     R, tr = viewmats[:, :3, :3], viewmats[:, :3, 3]

@@ -5,7 +5,7 @@ AYG uses isotropic Gaussians (sec. 3.1): one log-scale per Gaussian, no rotation
 by other 3DGS tools are anisotropic; they load with three log-scales and a quaternion, and
 everything downstream (renderer, asset, export) accepts both.
 
-Conventions (DESIGN §4):
+Conventions (docs/ARCHITECTURE.md, Conventions):
 * colour = clamp(0.5 + SH(dir), 0) with the degree-0 term C0·sh_dc, C0 = 1 / (2√π);
 * opacity is stored as a logit, scales as logs, rotations as wxyz quaternions (unnormalised);
 * PLY: ``x y z nx ny nz f_dc_0..2 f_rest_0..M-1 opacity scale_0..2 rot_0..3``, float32,

@@ -27,7 +27,7 @@ opacity < 1/255 culled, α = min(0.999, o·g) (gsplat's clamp; Kerbl's CUDA code
 the margin where α can still reach 1/255), which contains every pixel where α ≥ 1/255, so the
 image does not depend on the tiling. Colours from SH follow Kerbl et al.: clamp(0.5 + SH, 0).
 
-Conventions (DESIGN §4): camera space is OpenCV (x right, y down, z forward), pixel (row i,
+Conventions (docs/ARCHITECTURE.md, Conventions): camera space is OpenCV (x right, y down, z forward), pixel (row i,
 col j) has its centre at (j + 0.5, i + 0.5), depth is camera-space z.
 """
 

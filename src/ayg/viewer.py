@@ -17,8 +17,8 @@ has the port actually bound (viser moves to the next free port when the one aske
 taken).
 
 viser is an optional dependency (``pip install "ayg[viewer]"``) and is imported only when the
-viewer starts. viser's camera follows the OpenCV convention (look along +z, up = −y; DESIGN
-§4 uses the same camera space), ``wxyz`` is the camera-to-world rotation, ``position`` the
+viewer starts. viser's camera follows the OpenCV convention (look along +z, up = −y; ayg's
+cameras use the same camera space), ``wxyz`` is the camera-to-world rotation, ``position`` the
 camera centre and ``fov`` the vertical field of view in radians: ``camera_from_viser``
 turns that into ``ayg.cameras.Cameras``.
 """

@@ -1,7 +1,7 @@
 """Bundled example assets.
 
 ``example_cloud()`` builds a small static 3DGS object without any randomness: a two-toned cone
-(lower half blue, upper half yellow, z up, inside radius 0.5 as in DESIGN §4), made of isotropic
+(lower half blue, upper half yellow, z up, inside radius 0.5 as in docs/ARCHITECTURE.md), made of isotropic
 Gaussians laid out on its surface with golden-angle spirals. ``example.ply`` next to this file
 is that cloud in the Inria PLY layout (``write_example_ply`` regenerates it), so that
 ``ayg render`` / ``ayg animate`` have something to work on before any generation::

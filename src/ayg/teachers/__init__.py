@@ -1,4 +1,4 @@
-"""Teachers: frozen diffusion models that judge renders (DESIGN §3, §7).
+"""Teachers: frozen diffusion models that judge renders (docs/ARCHITECTURE.md).
 
 One file per teacher: ``stable_diffusion`` (image), ``mvdream`` (multiview), ``video``
 (text-to-video UNet3D: Zeroscope, ModelScope), ``wan`` (Wan 2.1, flow matching) and ``toy`` (the

@@ -1,4 +1,4 @@
-"""Offline-first loading of teacher weights from the Hugging Face cache (DESIGN §7).
+"""Offline-first loading of teacher weights from the Hugging Face cache.
 
 Every real teacher (Stable Diffusion, MVDream, the video model) is loaded the same way:
 

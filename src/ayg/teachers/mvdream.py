@@ -19,7 +19,7 @@ C.8, with its negative prompt (D.3); the timestep schedule is in ``ayg.distill``
 
 Camera convention (:func:`mvdream_cameras`). MVDream conditions on c2w in a z-up ("Blender")
 world with OpenGL camera axes (x right, y up, z backwards), the camera position scaled to unit
-length (``camera_utils.normalize_camera``). Our ``Cameras`` (DESIGN §4) live in the same z-up
+length (``camera_utils.normalize_camera``). Our ``Cameras`` (docs/ARCHITECTURE.md, Conventions) live in the same z-up
 world but use OpenCV axes (x right, y down, z forward), so the conversion flips the camera's y
 and z columns and normalises the position; the world is not touched. In MVDream's angles
 (``camera_utils.get_camera``, azimuth measured from -y towards +x), our camera at (elevation e,

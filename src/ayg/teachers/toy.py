@@ -1,4 +1,4 @@
-"""The offline ("toy") teachers and evaluation classifiers (DESIGN §7).
+"""The offline ("toy") teachers and evaluation classifiers.
 
 Three small pixel-space diffusion models trained by ``python -m tools.toyworld.train`` on the
 toy world's analytic renders, shipped in ``ayg/toyworld/weights/*.safetensors``, and seen

@@ -1,7 +1,7 @@
 """The video teacher: a text-to-video latent DM on diffusers' ``UNet3DConditionModel``
 (AYG sec. 3.2, C.7-C.8, E.1).
 
-The paper's fps-conditioned VideoLDM is not public (DESIGN §7); the default stand-in is
+The paper's fps-conditioned VideoLDM is not public; the default stand-in is
 ``cerspense/zeroscope_v2_576w`` (trained at 320×576, close to the paper's 320×512), and
 ``ali-vilab/text-to-video-ms-1.7b`` loads the same way. Both share the SD autoencoder and an
 OpenCLIP-H text encoder; the model's ``UNet3DConditionModel`` is loaded on its own, without
