@@ -29,7 +29,7 @@ Prints figures; asserts nothing.
     PYTHONPATH=src python benchmarks/step.py [--stage 1|2|all] [--video zeroscope]
         [--compile none|default|max-autotune-no-cudagraphs] [--warmup 2] [--iters 5]
         [--reps 5] [--json docs/results/step.json]
-    PYTHONPATH=src python benchmarks/step.py --tiny   # tiny models on the CPU, seconds
+    PYTHONPATH=src python benchmarks/step.py --tiny   # tiny models on the CPU: a check of the script
 """
 
 from __future__ import annotations
