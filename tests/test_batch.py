@@ -206,7 +206,7 @@ def test_bad_prompt_fails_alone_on_an_existing_cluster(cluster, tmp_path):
     bad, good = records["a-purple-pyramid-s0"], records["a-red-ball-s0"]
     assert good["status"] == "done" and (root / good["outputs"]["asset"]).exists()
     assert bad["status"] == "failed" and "\n" not in bad["error"]
-    assert bad["error"].startswith("no known colour and shape in prompt 'a purple pyramid'")
+    assert bad["error"].startswith("the toy world does not know 'purple', 'pyramid' in prompt")
     assert f"failed a-purple-pyramid-s0: {bad['error']}" in res.stdout
     assert "batch: 1 done, 1 failed of 2 jobs (2 run now)" in res.stdout
     assert "Traceback" in (root / "a-purple-pyramid-s0" / "job.log").read_text()

@@ -251,9 +251,9 @@ def test_lowvram_preset_keeps_the_paper_settings_and_trades_time():
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("encoder_backward", "fast", "teachers.encoder_backward must be keep, convs, lean or"),
-        ("encoder_chunk", 0, "teachers.encoder_chunk must be >= 1"),
-        ("compile", "max", "teachers.compile must be one of none, default"),
+        ("encoder_backward", "fast", "'teachers.encoder_backward' must be keep, convs, lean or recompute, got 'fast'"),
+        ("encoder_chunk", 0, "'teachers.encoder_chunk' must be an integer from 1 to 4096, got 0"),
+        ("compile", "max", "'teachers.compile' must be one of none, default, reduce-overhead"),
     ],
 )
 def test_bad_runtime_settings_are_one_line_errors(field, value, message):

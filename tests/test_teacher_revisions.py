@@ -19,6 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 from ayg.config import TeacherConfig  # noqa: E402
 from ayg.teachers import build_teachers  # noqa: E402
+from ayg.teachers import hub  # noqa: E402
 from ayg.teachers.hub import TeacherNotAvailable  # noqa: E402
 
 MODEL = "tiny-org/tiny-sd"
@@ -126,6 +127,12 @@ def test_multiview_and_video_loaders_get_cache_dir_and_revision(monkeypatch):
 
     monkeypatch.setattr(MVDreamTeacher, "from_pretrained", record("multiview"))
     monkeypatch.setattr(VideoTeacher, "from_pretrained", record("video"))
+
+    def pipeline_index(model_id, **kwargs):  # the family is read from the same pinned cache
+        seen["index"] = (model_id, kwargs)
+        return {"unet": ["diffusers", "UNet3DConditionModel"]}
+
+    monkeypatch.setattr(hub, "pipeline_index", pipeline_index)
     cfg = TeacherConfig(
         kind="real", cache_dir="/models", multiview_revision="r-mv", video_revision="r-vid"
     )
@@ -134,6 +141,8 @@ def test_multiview_and_video_loaders_get_cache_dir_and_revision(monkeypatch):
     assert seen["multiview"][1]["revision"] == "r-mv"
     assert seen["video"][1]["cache_dir"] == "/models"
     assert seen["video"][1]["revision"] == "r-vid"
+    assert seen["index"][1]["cache_dir"] == "/models"
+    assert seen["index"][1]["revision"] == "r-vid"
 
 
 def test_mvdream_hands_its_revision_to_the_hub_but_not_to_the_tokenizer(monkeypatch):

@@ -745,7 +745,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         from ayg.io_utils import WriteError
 
-        if not isinstance(e, WriteError) and e.errno not in USER_ERRNOS:
+        # a missing file is always the user's (library code raises it with its own message)
+        if not isinstance(e, (WriteError, FileNotFoundError)) and e.errno not in USER_ERRNOS:
             raise
         print(f"ayg: error: {_one_line(_os_message(e))}", file=sys.stderr)
         return 2

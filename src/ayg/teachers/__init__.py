@@ -24,13 +24,18 @@ VIDEO_FAMILIES = {
 
 
 def video_family(
-    model_id: str, local_files_only: bool | None = None, cache_dir: str | None = None
+    model_id: str,
+    local_files_only: bool | None = None,
+    cache_dir: str | None = None,
+    revision: str | None = None,
 ) -> str:
     """The family ("wan" or "unet3d") of a diffusers text-to-video repository or folder, read
     from its ``model_index.json``; anything else is a ValueError naming what the model is."""
     from ayg.teachers.hub import pipeline_index
 
-    index = pipeline_index(model_id, local_files_only=local_files_only, cache_dir=cache_dir)
+    index = pipeline_index(
+        model_id, local_files_only=local_files_only, cache_dir=cache_dir, revision=revision
+    )
     for (folder, cls), family in VIDEO_FAMILIES.items():
         entry = index.get(folder)
         if isinstance(entry, list) and len(entry) == 2 and entry[1] == cls:
@@ -52,7 +57,13 @@ def load_video_teacher(
         kwargs["frames"] = frames
     if cfg.video_resolution is not None:
         kwargs["resolution"] = tuple(cfg.video_resolution)
-    if video_family(cfg.video_model, local_files_only=cfg.local_files_only) == "wan":
+    family = video_family(
+        cfg.video_model,
+        local_files_only=cfg.local_files_only,
+        cache_dir=cfg.cache_dir,
+        revision=cfg.video_revision,
+    )
+    if family == "wan":
         from ayg.teachers.wan import WanTeacher as cls
     else:
         from ayg.teachers.video import VideoTeacher as cls
