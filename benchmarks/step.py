@@ -3,13 +3,14 @@
 The teachers have the real architectures with random weights (no download), in bf16: Stable
 Diffusion 2.1 base (UNet + VAE + an OpenCLIP-H-sized CLIPTextModel), MVDream 4-view
 (``ayg.teachers.mvdream``) and a video teacher (``--video``; ``zeroscope``: a Zeroscope/ModelScope
-``UNet3DConditionModel``). The steps are the product's own loops, ``ayg.stages.run_stage1`` and
+``UNet3DConditionModel``; ``wan``: Wan 2.1 T2V 1.3B, ``benchmarks/wan_configs.py``, 17 frames
+encoded at 480×832). The steps are the product's own loops, ``ayg.stages.run_stage1`` and
 ``run_stage2``, with the paper preset's stage configs (E.2, tables 3 and 4) on a cloud of
 ``--gaussians`` Gaussians:
 
 * stage 1: 4 views at 256×256 through MVDream (CSD, ω_3D 1.6, negative prompt ω_neg 0.8) + the
   image teacher at 320×512 (CSD, ω_im 0.4, view guidance ω_vg 3.0), one Adam step on the cloud;
-* stage 2: 4 clips × 16 frames at 160×256 -> 320×512 through the video teacher (CSD, negative
+* stage 2: 4 clips × 16 frames (Wan: 17) at 160×256 -> 320×512 through the video teacher (CSD, negative
   prompt ω_neg 0.8, motion amplification ω_ma 24) + the image teacher on 4 frames of each clip,
   rigidity and JSD, one Adam step on the deformation field. Every frame keeps its gradient.
 
@@ -26,7 +27,7 @@ paper pipeline's wall time is projected from the step times (stage 1 + stage 2 +
 of C.9 at the paper's step counts, plus the measured one-time cost of the first steps).
 Prints figures; asserts nothing.
 
-    PYTHONPATH=src python benchmarks/step.py [--stage 1|2|all] [--video zeroscope]
+    PYTHONPATH=src python benchmarks/step.py [--stage 1|2|all] [--video zeroscope|wan]
         [--compile none|default|max-autotune-no-cudagraphs] [--warmup 2] [--iters 5]
         [--reps 5] [--json docs/results/step.json]
     PYTHONPATH=src python benchmarks/step.py --tiny   # tiny models on the CPU: a check of the script
@@ -212,9 +213,16 @@ def build_zeroscope(device: torch.device, dtype: torch.dtype, tiny: bool) -> Vid
     return VideoTeacher.from_components(**parts, device=device, dtype=dtype, frames=16, **extra)
 
 
+def build_wan(device: torch.device, dtype: torch.dtype, tiny: bool):
+    import wan_configs  # benchmarks/wan_configs.py, next to this script
+
+    return wan_configs.build_wan_teacher(device, dtype, tiny=tiny)
+
+
 # --video NAME -> builder(device, dtype, tiny); another video teacher adds its entry here
 VIDEO_TEACHERS: dict[str, Callable[[torch.device, torch.dtype, bool], Any]] = {
     "zeroscope": build_zeroscope,
+    "wan": build_wan,
 }
 
 
@@ -243,7 +251,8 @@ def build_mvdream(device: torch.device, dtype: torch.dtype, tiny: bool):
 
 
 def n_params(teacher) -> float:
-    mods = (teacher.unet, teacher.vae, teacher.text_encoder)
+    denoiser = getattr(teacher, "unet", None) or teacher.transformer  # Wan: a transformer
+    mods = (denoiser, teacher.vae, teacher.text_encoder)
     return sum(p.numel() for m in mods for p in m.parameters()) / 1e6
 
 
@@ -306,7 +315,7 @@ def count_flops(fn: Callable[[], object], teachers) -> int:
 
     with contextlib.ExitStack() as stack:
         for t in teachers:
-            if t is not None and isinstance(t.unet, FastUNet):
+            if t is not None and isinstance(getattr(t, "unet", None), FastUNet):
                 stack.enter_context(t.unet.eager())
         counter = FlopCounterMode(display=False)
         with counter:
@@ -498,7 +507,7 @@ def teacher_components(name: str, teacher, images: torch.Tensor, branches: int, 
     with torch.no_grad():
         z = teacher.encode(images, generator=gen)  # (B, F, c, h, w)
     g_z = torch.randn_like(z)
-    b, f = z.shape[:2]
+    b = z.shape[0]
     noisy = torch.randn((branches * b, *z.shape[1:]), device=z.device)
     t = torch.randint(20, 980, (branches * b,), generator=gen).to(z.device)
     emb = teacher.embed([PROMPT, "", "low motion"][:branches])
@@ -513,10 +522,12 @@ def teacher_components(name: str, teacher, images: torch.Tensor, branches: int, 
         with torch.no_grad():
             teacher.predict_noise(noisy, t, emb, cond_k)
 
-    unit = f"{b} clips of {f}" if teacher.kind == "video" else f"{b}×{f} images"
+    n, f_in = images.shape[:2]  # frames in; a Wan clip's latent has 1 + (F − 1)/4 of them
+    unit = f"{n} clips of {f_in}" if teacher.kind == "video" else f"{n}×{f_in} images"
+    net = "UNet" if hasattr(teacher, "unet") else "transformer"
     return {
-        f"{name} VAE encoder, {b * f} frames, fwd+bwd": (encoder, [teacher]),
-        f"{name} UNet, {branches} CFG × {unit}, no grad": (unet, [teacher]),
+        f"{name} VAE encoder, {n * f_in} frames, fwd+bwd": (encoder, [teacher]),
+        f"{name} {net}, {branches} CFG × {unit}, no grad": (unet, [teacher]),
     }
 
 
@@ -778,7 +789,12 @@ def main() -> None:
         free_memory()
     if "2" in stages:
         vid = VIDEO_TEACHERS[args.video](device, dtype, args.tiny)
-        print(f"# video teacher ({args.video} size): {n_params(vid):.0f} M parameters", flush=True)
+        s2cfg = dataclasses.replace(s2cfg, frames=vid.frames)  # clips of the teacher's length
+        print(
+            f"# video teacher ({args.video} size): {n_params(vid):.0f} M parameters, "
+            f"{vid.frames} frames at {vid.resolution[0]}×{vid.resolution[1]}",
+            flush=True,
+        )
         comps["2"] = components_under(
             compared,
             rts,
@@ -787,7 +803,7 @@ def main() -> None:
             clock,
             args.reps,
         )
-        if "paper" in rts:
+        if "paper" in rts and hasattr(vid, "unet"):  # encoder_backward modes: UNet teachers
             res["encoder_modes"] = encoder_modes(vid, rts["paper"], s2cfg, device, clock, args.reps)
     print(f"# teachers built and components timed in {time.perf_counter() - t0:.0f} s", flush=True)
 
@@ -832,7 +848,8 @@ def main() -> None:
             runs.append((label, rt, [vid, sd], stage2_loop(vid, sd, cloud, s2cfg, steps, None)))
         if "fast" not in skip and not args.tiny:
             fast = preset("fast")
-            loop = stage2_loop(vid, sd, cloud, fast.stage2, steps, fast.teachers.grad_frames)
+            s2fast = dataclasses.replace(fast.stage2, frames=vid.frames)
+            loop = stage2_loop(vid, sd, cloud, s2fast, steps, fast.teachers.grad_frames)
             runs.append(("fast", runtime_of(fast.teachers), [vid, sd], loop))
         figs2 = run_loops("stage2", runs, device, args.warmup, args.iters)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import torch
 
@@ -110,16 +111,44 @@ class ByteUMT5Tokenizer:
         return type("Tokens", (), {"input_ids": ids, "attention_mask": mask})()
 
 
-def build_wan_parts(device: torch.device) -> dict:
-    """transformer, vae, text_encoder, tokenizer of real size with random weights on ``device``."""
+# The same architecture at toy width (a CPU check of the scripts that use it): 5 frames at 16×16
+TINY_FRAMES, TINY_RESOLUTION = 5, (16, 16)
+
+
+def tiny_configs() -> tuple[dict, dict, Any]:
+    from transformers import UMT5Config
+
+    transformer = dict(
+        wan_t2v_1_3b_transformer_config(),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        text_dim=32,
+        freq_dim=16,
+        ffn_dim=32,
+        num_layers=2,
+        rope_max_seq_len=32,
+    )
+    vae = dict(wan_vae_config(), base_dim=8, num_res_blocks=1)
+    small = dict(vocab_size=260, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)
+    text = UMT5Config(**dict(umt5_xxl_encoder_config().to_dict(), **small))
+    return transformer, vae, text
+
+
+def build_wan_parts(device: torch.device, tiny: bool = False) -> dict:
+    """transformer, vae, text_encoder, tokenizer of real size (or tiny) with random weights."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5EncoderModel
 
+    if tiny:
+        transformer, vae, text = tiny_configs()
+    else:
+        transformer, vae = wan_t2v_1_3b_transformer_config(), wan_vae_config()
+        text = umt5_xxl_encoder_config()
     with torch.device(device):  # initialise where the weights will live (seconds, not minutes)
         return dict(
-            transformer=WanTransformer3DModel(**wan_t2v_1_3b_transformer_config()),
-            vae=AutoencoderKLWan(**wan_vae_config()),
-            text_encoder=UMT5EncoderModel(umt5_xxl_encoder_config()),
+            transformer=WanTransformer3DModel(**transformer),
+            vae=AutoencoderKLWan(**vae),
+            text_encoder=UMT5EncoderModel(text),
             tokenizer=ByteUMT5Tokenizer(),
         )
 
@@ -127,13 +156,19 @@ def build_wan_parts(device: torch.device) -> dict:
 def build_wan_teacher(
     device: torch.device,
     dtype: torch.dtype = torch.bfloat16,
-    frames: int = FRAMES,
-    resolution: tuple[int, int] = RESOLUTION,
+    frames: int | None = None,
+    resolution: tuple[int, int] | None = None,
+    tiny: bool = False,
     **kwargs,
 ) -> WanTeacher:
-    """A real-size Wan 2.1 T2V 1.3B teacher with random weights (bf16 on CUDA by default)."""
+    """A Wan 2.1 T2V 1.3B teacher with random weights (bf16 on CUDA by default): real size, or
+    with ``tiny`` the same layout at toy width, 5 frames at 16×16."""
+    frames = frames or (TINY_FRAMES if tiny else FRAMES)
+    resolution = resolution or (TINY_RESOLUTION if tiny else RESOLUTION)
+    if tiny:
+        kwargs.setdefault("text_length", 16)
     return WanTeacher.from_components(
-        **build_wan_parts(device),
+        **build_wan_parts(device, tiny),
         shift=SHIFT,
         device=device,
         dtype=dtype,

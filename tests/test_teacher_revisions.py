@@ -18,8 +18,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from ayg.config import TeacherConfig  # noqa: E402
-from ayg.teachers import build_teachers  # noqa: E402
-from ayg.teachers import hub  # noqa: E402
+from ayg.teachers import build_teachers, hub  # noqa: E402
 from ayg.teachers.hub import TeacherNotAvailable  # noqa: E402
 
 MODEL = "tiny-org/tiny-sd"

@@ -1,0 +1,35 @@
+"""benchmarks/step.py end to end on tiny random teachers on the CPU: its stage-2 loop and
+components take clips of the video teacher's own frame count (16 for the UNet3D, 4k + 1 for
+Wan) and the JSON it writes holds the figures its report is built from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("video,frames,net", [("wan", 5, "transformer"), ("zeroscope", 16, "UNet")])
+def test_stage2_step_benchmark_on_tiny_teachers(tmp_path, video, frames, net):
+    out = tmp_path / "step.json"
+    argv = [sys.executable, str(ROOT / "benchmarks" / "step.py"), "--tiny", "--stage", "2"]
+    argv += ["--video", video, "--warmup", "1", "--iters", "1", "--reps", "1"]
+    argv += ["--skip", "lowvram", "--json", str(out), "--commit", "test"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["video_teacher"] == video and res["commit"] == "test"
+    assert set(res["stage2"]) == {"naive", "paper"}
+    for figs in res["stage2"].values():
+        assert len(figs["steps_s"]) == 2 and figs["step_s"] > 0  # warmup + timed
+    names = [c["component"] for c in res["stage2_components"]]
+    assert f"video {net}, 3 CFG × 2 clips of {frames}, no grad" in names
+    assert f"video VAE encoder, {2 * frames} frames, fwd+bwd" in names
+    assert ("encoder_modes" in res) == (video == "zeroscope")  # encoder_backward: UNet teachers
