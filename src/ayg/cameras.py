@@ -16,7 +16,7 @@ reproduces a run; the tensors are then moved to the requested device.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -379,21 +379,3 @@ def view_direction(elevation: float, azimuth: float) -> str:
     if 150.0 <= azimuth <= 210.0:
         return "back view"
     return "side view"
-
-
-@dataclass
-class CameraSpec:
-    """One camera as a user states it on the command line (the defaults of `ayg render`)."""
-
-    elevation: float = 15.0
-    azimuth: float = 0.0
-    distance: float = 3.0
-    fov: float = 40.0
-    width: int = 256
-    height: int = 256
-    extra: dict = field(default_factory=dict)
-
-    def build(self, device: torch.device | str = "cpu") -> Cameras:
-        return look_at_cameras(
-            self.elevation, self.azimuth, self.distance, self.fov, self.width, self.height, device
-        )

@@ -7,7 +7,7 @@ flowing back to the pixels, and scaled by ``vae.config.scaling_factor``. ε-, v-
 x0-parameterised UNets are all turned into ε̂ (v -> ε̂ = √ᾱ v + √(1-ᾱ) z_t).
 
 The pieces shared by every latent teacher built on the SD autoencoder and a CLIP text encoder
-(:class:`PromptCache`, :func:`encode_frames`, :func:`encode_sequences`, :func:`eps_from_prediction`,
+(:class:`LatentTeacher`, :class:`PromptCache`, :func:`encode_frames`, :func:`encode_sequences`, :func:`eps_from_prediction`,
 :func:`load_latent_components`) live here; the video teacher imports them.
 """
 
@@ -319,12 +319,16 @@ def dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
 # The teacher
 
 
-class StableDiffusionTeacher:
-    """Image teacher (F = 1) implementing ``ayg.distill.Teacher`` on a diffusers
-    ``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder."""
+class LatentTeacher:
+    """What the SD-autoencoder teachers share (the image teacher and the UNet3D video teacher):
+    a diffusers UNet (``unet_class``) + ``AutoencoderKL`` + CLIP text encoder, their loading,
+    prompt cache, frame encoding and moving between devices. Subclasses set ``kind``, ``frames``
+    and ``unet_class`` and implement ``predict_noise``."""
 
-    kind = "image"
-    frames = 1
+    kind: str
+    frames: int
+    unet_class: str  # the diffusers class of the repository's unet/ folder
+    default_model_id: str
 
     def __init__(
         self,
@@ -370,16 +374,14 @@ class StableDiffusionTeacher:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_components(
-        cls, unet, vae, text_encoder, tokenizer, alphas_cumprod, **kwargs
-    ) -> StableDiffusionTeacher:
+    def from_components(cls, unet, vae, text_encoder, tokenizer, alphas_cumprod, **kwargs):
         """From already built modules (tests, custom checkpoints)."""
         return cls(unet, vae, text_encoder, tokenizer, torch.as_tensor(alphas_cumprod), **kwargs)
 
     @classmethod
     def from_pretrained(
         cls,
-        model_id: str = DEFAULT_MODEL_ID,
+        model_id: str | None = None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         local_files_only: bool | None = None,
@@ -388,15 +390,16 @@ class StableDiffusionTeacher:
         variant: str | None = None,
         vae_dtype: torch.dtype | None = None,
         **kwargs: Any,
-    ) -> StableDiffusionTeacher:
-        """Load from the Hugging Face cache (or a local directory); raises
+    ):
+        """Load a diffusers repository (``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``,
+        ``scheduler/``) from the Hugging Face cache or a local directory; raises
         ``TeacherNotAvailable`` when offline and the model is missing."""
-        from diffusers import UNet2DConditionModel
+        import diffusers
 
         dtype = dtype or default_dtype(device)
         parts = load_latent_components(
-            model_id,
-            UNet2DConditionModel,
+            model_id or cls.default_model_id,
+            getattr(diffusers, cls.unet_class),
             dtype=dtype,
             vae_dtype=vae_dtype or dtype,
             local_files_only=local_files_only,
@@ -416,16 +419,10 @@ class StableDiffusionTeacher:
         self._ensure_active()
         return self.prompts(prompts, self.device)
 
-    def encode(
-        self,
-        images: Tensor,
-        grad_frames: int | None = None,
-        generator: torch.Generator | None = None,
+    def _encode_clips(
+        self, images: Tensor, grad_frames: int | None, generator: torch.Generator | None
     ) -> Tensor:
-        """images (B, F, 3, H, W) in [0, 1] -> latents (B, F, 4, H'/8, W'/8) at (H', W') =
-        ``resolution``; frames are independent images."""
-        self._ensure_active()
-        images = images.to(self.device)
+        """(B, F, 3, H, W) in [0, 1] -> (B, F, 4, H'/8, W'/8), each frame through the VAE."""
 
         def encode(x: Tensor) -> Tensor:
             return encode_frames(
@@ -439,27 +436,6 @@ class StableDiffusionTeacher:
             )
 
         return encode_sequences(encode, images, grad_frames, generator, self.encode_chunk)
-
-    def predict_noise(
-        self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
-    ) -> Tensor:
-        """noisy (B', F, c, h, w), t (B',), emb (B', L, D) -> ε̂ (B', F, c, h, w) float32; the F
-        frames are independent images sharing t and the prompt."""
-        self._ensure_active()
-        if noisy.ndim != 5:
-            raise ValueError(f"noisy must have shape (B, F, c, h, w), got {tuple(noisy.shape)}")
-        b, f = noisy.shape[:2]
-        if t.shape != (b,) or emb.shape[0] != b:
-            raise ValueError(
-                f"t must be ({b},) and emb ({b}, L, D), got {tuple(t.shape)} and {tuple(emb.shape)}"
-            )
-        x = noisy.reshape(b * f, *noisy.shape[2:]).to(self.device)  # (B'·F, c, h, w)
-        tt = t.to(self.device).repeat_interleave(f)
-        ee = emb.to(device=self.device, dtype=self.dtype).repeat_interleave(f, dim=0)
-        pred = self.unet(x.to(self.dtype), tt, encoder_hidden_states=ee).sample.float()
-        a_t = self._alphas[tt].view(-1, 1, 1, 1)
-        eps = eps_from_prediction(pred, x.float(), a_t, self.prediction_type)
-        return eps.reshape(b, f, *eps.shape[1:])
 
     def offload(self) -> None:
         """UNet and text encoder to the CPU while another teacher runs. The VAE (small) stays:
@@ -485,3 +461,45 @@ class StableDiffusionTeacher:
     def _ensure_active(self) -> None:
         if not self.active:
             self.activate()
+
+
+class StableDiffusionTeacher(LatentTeacher):
+    """Image teacher (F = 1) implementing ``ayg.distill.Teacher`` on a diffusers
+    ``UNet2DConditionModel`` + ``AutoencoderKL`` + CLIP text encoder."""
+
+    kind = "image"
+    frames = 1
+    unet_class = "UNet2DConditionModel"
+    default_model_id = DEFAULT_MODEL_ID
+
+    def encode(
+        self,
+        images: Tensor,
+        grad_frames: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """images (B, F, 3, H, W) in [0, 1] -> latents (B, F, 4, H'/8, W'/8) at (H', W') =
+        ``resolution``; frames are independent images."""
+        self._ensure_active()
+        return self._encode_clips(images.to(self.device), grad_frames, generator)
+
+    def predict_noise(
+        self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
+    ) -> Tensor:
+        """noisy (B', F, c, h, w), t (B',), emb (B', L, D) -> ε̂ (B', F, c, h, w) float32; the F
+        frames are independent images sharing t and the prompt."""
+        self._ensure_active()
+        if noisy.ndim != 5:
+            raise ValueError(f"noisy must have shape (B, F, c, h, w), got {tuple(noisy.shape)}")
+        b, f = noisy.shape[:2]
+        if t.shape != (b,) or emb.shape[0] != b:
+            raise ValueError(
+                f"t must be ({b},) and emb ({b}, L, D), got {tuple(t.shape)} and {tuple(emb.shape)}"
+            )
+        x = noisy.reshape(b * f, *noisy.shape[2:]).to(self.device)  # (B'·F, c, h, w)
+        tt = t.to(self.device).repeat_interleave(f)
+        ee = emb.to(device=self.device, dtype=self.dtype).repeat_interleave(f, dim=0)
+        pred = self.unet(x.to(self.dtype), tt, encoder_hidden_states=ee).sample.float()
+        a_t = self._alphas[tt].view(-1, 1, 1, 1)
+        eps = eps_from_prediction(pred, x.float(), a_t, self.prediction_type)
+        return eps.reshape(b, f, *eps.shape[1:])

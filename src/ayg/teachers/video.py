@@ -16,8 +16,6 @@ only, which bounds the encoder's activation memory.
 from __future__ import annotations
 
 import inspect
-import os
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -25,17 +23,7 @@ from torch import Tensor, nn
 
 from ayg.config import VIDEO_NEGATIVE_PROMPT
 from ayg.distill import Conditioning
-from ayg.teachers.stable_diffusion import (
-    RESOLUTION,
-    PromptCache,
-    check_encoder_backward,
-    default_dtype,
-    encode_frames,
-    encode_sequences,
-    eps_from_prediction,
-    freeze,
-    load_latent_components,
-)
+from ayg.teachers.stable_diffusion import LatentTeacher, eps_from_prediction
 
 DEFAULT_MODEL_ID = "cerspense/zeroscope_v2_576w"
 MODELSCOPE_MODEL_ID = "ali-vilab/text-to-video-ms-1.7b"
@@ -47,106 +35,21 @@ def takes_fps(unet: nn.Module) -> bool:
     return "fps" in inspect.signature(unet.forward).parameters
 
 
-class VideoTeacher:
-    """Video teacher (F = 16) implementing ``ayg.distill.Teacher``."""
+class VideoTeacher(LatentTeacher):
+    """Video teacher (F = 16) implementing ``ayg.distill.Teacher`` on a diffusers
+    ``UNet3DConditionModel`` (Zeroscope, ModelScope)."""
 
     kind = "video"
     negative_prompt = VIDEO_NEGATIVE_PROMPT  # stage 2's default (the paper's, eq. 23)
+    unet_class = "UNet3DConditionModel"
+    default_model_id = DEFAULT_MODEL_ID
 
-    def __init__(
-        self,
-        unet: nn.Module,
-        vae: nn.Module,
-        text_encoder: nn.Module,
-        tokenizer: Any,
-        alphas_cumprod: Tensor,
-        prediction_type: str = "epsilon",
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype | None = None,
-        vae_dtype: torch.dtype | None = None,
-        resolution: tuple[int, int] = RESOLUTION,
-        frames: int = FRAMES,
-        sample_latents: bool = True,
-        encode_chunk: int | None = 16,
-        encoder_backward: str = "keep",
-    ) -> None:
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise ValueError(
-                f"prediction_type must be epsilon, v_prediction or sample, got {prediction_type!r}"
-            )
+    def __init__(self, unet: nn.Module, *args: Any, frames: int = FRAMES, **kwargs: Any) -> None:
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
-        if alphas_cumprod.ndim != 1:
-            raise ValueError(
-                f"alphas_cumprod must have shape (T,), got {tuple(alphas_cumprod.shape)}"
-            )
-        self.device = torch.device(device)
-        self.dtype = dtype or default_dtype(self.device)
-        self.vae_dtype = vae_dtype or self.dtype
-        self.unet = freeze(unet, self.device, self.dtype)
-        self.vae = freeze(vae, self.device, self.vae_dtype)
-        self.text_encoder = freeze(text_encoder, self.device, self.dtype)
-        self.tokenizer = tokenizer
-        self.prompts = PromptCache(tokenizer, self.text_encoder)
-        self._alphas = alphas_cumprod.detach().float().to(self.device)
-        self.prediction_type = prediction_type
-        self.resolution = tuple(resolution)
+        super().__init__(unet, *args, **kwargs)
         self.frames = frames
-        self.sample_latents = sample_latents
-        self.encode_chunk = encode_chunk
-        self.encoder_backward = check_encoder_backward(encoder_backward)
-        self.text_encoder_released = False
         self.fps_input = takes_fps(unet)
-        self.active = True
-
-    # -- construction ---------------------------------------------------------------------------
-
-    @classmethod
-    def from_components(
-        cls, unet, vae, text_encoder, tokenizer, alphas_cumprod, **kwargs
-    ) -> VideoTeacher:
-        """From already built modules (tests, custom checkpoints)."""
-        return cls(unet, vae, text_encoder, tokenizer, torch.as_tensor(alphas_cumprod), **kwargs)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model_id: str = DEFAULT_MODEL_ID,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype | None = None,
-        local_files_only: bool | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        revision: str | None = None,
-        variant: str | None = None,
-        vae_dtype: torch.dtype | None = None,
-        **kwargs: Any,
-    ) -> VideoTeacher:
-        """Load a diffusers text-to-video repository (Zeroscope, ModelScope) from the Hugging
-        Face cache; raises ``TeacherNotAvailable`` when offline and the model is missing."""
-        from diffusers import UNet3DConditionModel
-
-        dtype = dtype or default_dtype(device)
-        parts = load_latent_components(
-            model_id,
-            UNet3DConditionModel,
-            dtype=dtype,
-            vae_dtype=vae_dtype or dtype,
-            local_files_only=local_files_only,
-            cache_dir=cache_dir,
-            revision=revision,
-            variant=variant,
-        )
-        return cls(device=device, dtype=dtype, vae_dtype=vae_dtype, **parts, **kwargs)
-
-    # -- protocol -------------------------------------------------------------------------------
-
-    def alphas_cumprod(self) -> Tensor:
-        return self._alphas
-
-    def embed(self, prompts: Sequence[str]) -> Tensor:
-        """(P, L, D) CLIP embeddings, cached per prompt."""
-        self._ensure_active()
-        return self.prompts(prompts, self.device)
 
     def encode(
         self,
@@ -163,18 +66,7 @@ class VideoTeacher:
             )
         images = images.to(self.device)
 
-        def encode(x: Tensor) -> Tensor:
-            return encode_frames(
-                self.vae,
-                x,
-                self.resolution,
-                generator,
-                self.sample_latents,
-                self.encoder_backward,
-                self.encode_chunk,
-            )
-
-        return encode_sequences(encode, images, grad_frames, generator, self.encode_chunk)
+        return self._encode_clips(images, grad_frames, generator)
 
     def predict_noise(
         self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
@@ -202,28 +94,3 @@ class VideoTeacher:
         pred = pred.permute(0, 2, 1, 3, 4).float()  # (B', F, c, h, w)
         a_t = self._alphas[tt].view(-1, 1, 1, 1, 1)
         return eps_from_prediction(pred, x, a_t, self.prediction_type)
-
-    def offload(self) -> None:
-        """UNet and text encoder to the CPU while another teacher runs. The VAE (small) stays:
-        the graph of an ``encode`` whose loss has not been backpropagated yet holds its weights,
-        and moving them would break that backward. The prompt cache stays too."""
-        for m in (self.unet, self.text_encoder):
-            m.to("cpu")
-        self.active = False
-
-    def activate(self) -> None:
-        for m in (self.unet, self.vae, self.text_encoder):
-            if m is not self.text_encoder or not self.text_encoder_released:
-                m.to(self.device)
-        self.active = True
-
-    def release_text_encoder(self) -> None:
-        """Text encoder to the CPU for good, once the prompts a run needs are cached: its
-        weights (~0.7 GB for OpenCLIP-H in bf16) leave the GPU; a prompt not cached yet is still
-        embedded, on the CPU."""
-        self.text_encoder.to("cpu")
-        self.text_encoder_released = True
-
-    def _ensure_active(self) -> None:
-        if not self.active:
-            self.activate()
