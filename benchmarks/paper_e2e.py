@@ -33,7 +33,7 @@ for commands without stages the wall time is the figure. Checkpoint writing is t
 ``.pt`` for MVDream's official file); bf16 teachers; about 11 GB on disk. No video by default
 (``--video`` to add previews and the video export; they need imageio-ffmpeg).
 ``--size tiny``: the same layouts with tiny shapes, on the CPU, with small renders (the
-teachers still see 320×512 and 256×256); tests/test_paper_e2e.py runs the writers and one
+teachers still see 320×512 and 256×256); tests/benchmarks/test_paper_e2e.py runs the writers and one
 generate. ``--reuse`` splits a run over several calls: a later call keeps the models and runs
 an earlier call left in ``--workdir`` and runs its ``--phases`` on them.
 

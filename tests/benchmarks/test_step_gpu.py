@@ -4,7 +4,7 @@ image teacher on 4 frames of each clip) send to the rendered frames, on the same
 the paper preset's runtime and the lowvram preset's, against plain eager bf16 and an eager
 float32 reference. Run on the accelerator machine:
 
-    pytest -m gpu tests/test_step_gpu.py
+    pytest -m gpu tests/benchmarks/test_step_gpu.py
 """
 
 from __future__ import annotations

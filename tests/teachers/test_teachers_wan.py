@@ -462,10 +462,10 @@ def test_video_model_picks_the_family_from_model_index(wan_folder, tmp_path):
 
 def test_unet3d_video_model_is_still_the_unet3d_teacher(tmp_path):
     """A Zeroscope/ModelScope layout (UNet3DConditionModel, no pipeline class needed)."""
+    from test_teachers_sd_video import scheduler, tiny_text_encoder, tiny_unet3d, tiny_vae
     from transformers import CLIPTokenizer
 
     from ayg.teachers.video import VideoTeacher
-    from test_teachers_sd_video import scheduler, tiny_text_encoder, tiny_unet3d, tiny_vae
 
     root = tmp_path / "tiny-zeroscope"
     torch.manual_seed(0)
@@ -503,7 +503,7 @@ def test_tiny_preset_stage2_end_to_end_through_the_cli(wan_folder, tmp_path, off
     from ayg.cli import main
 
     out = tmp_path / "run"
-    ply = Path(__file__).resolve().parents[1] / "src" / "ayg" / "examples" / "example.ply"
+    ply = Path(__file__).resolve().parents[2] / "src" / "ayg" / "examples" / "example.ply"
     sets = [
         "teachers.kind=real",
         f"teachers.video_model={wan_folder}",
@@ -588,7 +588,7 @@ def test_stage2_frames_and_video_resolution_overrides():
 def test_cli_frames_the_wan_teacher_cannot_take_is_one_line(wan_folder, tmp_path, capsys):
     from ayg.cli import main
 
-    ply = Path(__file__).resolve().parents[1] / "src" / "ayg" / "examples" / "example.ply"
+    ply = Path(__file__).resolve().parents[2] / "src" / "ayg" / "examples" / "example.ply"
     sets = ["teachers.kind=real", f"teachers.video_model={wan_folder}", "stage2.frames=16"]
     sets += ["teachers.local_files_only=true", "stage2.use_image=false"]
     argv = ["animate", str(ply), "a red ball", "--preset", "tiny", "--out", str(tmp_path / "r")]
@@ -602,7 +602,7 @@ def test_cli_frames_the_wan_teacher_cannot_take_is_one_line(wan_folder, tmp_path
 def test_real_size_configs_for_the_gpu_benchmark(monkeypatch):
     """benchmarks/wan_configs.py builds the 1.3B teacher; on the meta device (no memory) its
     sizes and the real-size shapes through encode and predict_noise are checked."""
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import wan_configs
 
     meta = torch.device("meta")

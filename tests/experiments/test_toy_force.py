@@ -134,7 +134,7 @@ def test_bad_command_lines_end_in_one_line(tmp_path, extra, says):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parents[1]  # python -m finds experiments/ from here
+    root = Path(__file__).resolve().parents[2]  # python -m finds experiments/ from here
     cmd = [sys.executable, "-m", "experiments.toy_force", "--asset", str(tmp_path / "none.ayg")]
     res = subprocess.run(
         [*cmd, "--prompt", "a red cube swaying", *extra], capture_output=True, text=True, cwd=root

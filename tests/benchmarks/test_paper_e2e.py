@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture()

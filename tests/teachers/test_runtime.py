@@ -10,6 +10,15 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
+from test_teachers_sd_video import (  # noqa: E402
+    RES,
+    scheduler,
+    tiny_text_encoder,
+    tiny_unet2d,
+    tiny_unet3d,
+    tiny_vae,
+)
+
 from ayg.config import preset, validate  # noqa: E402
 from ayg.distill import (  # noqa: E402
     Conditioning,
@@ -28,14 +37,6 @@ from ayg.teachers.stable_diffusion import (  # noqa: E402
     encode_frames,
 )
 from ayg.teachers.video import VideoTeacher  # noqa: E402
-from test_teachers_sd_video import (  # noqa: E402
-    RES,
-    scheduler,
-    tiny_text_encoder,
-    tiny_unet2d,
-    tiny_unet3d,
-    tiny_vae,
-)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,9 +51,8 @@ def one_thread():
 def tokenizer(tmp_path_factory):
     import json
 
-    from transformers import CLIPTokenizer
-
     from test_teachers_sd_video import L
+    from transformers import CLIPTokenizer
 
     folder = tmp_path_factory.mktemp("tok")
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -251,7 +251,11 @@ def test_lowvram_preset_keeps_the_paper_settings_and_trades_time():
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("encoder_backward", "fast", "'teachers.encoder_backward' must be keep, convs, lean or recompute, got 'fast'"),
+        (
+            "encoder_backward",
+            "fast",
+            "'teachers.encoder_backward' must be keep, convs, lean or recompute, got 'fast'",
+        ),
         ("encoder_chunk", 0, "'teachers.encoder_chunk' must be an integer from 1 to 4096, got 0"),
         ("compile", "max", "'teachers.compile' must be one of none, default, reduce-overhead"),
     ],
