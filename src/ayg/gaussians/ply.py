@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ayg.gaussians.cloud import GaussianCloud, sh_degree_of
+from ayg.io_utils import atomic_write
 
 # ----------------------------------------------------------------------------- PLY
 
@@ -62,8 +62,8 @@ def ply_field_names(sh_degree: int) -> list[str]:
 
 
 def save_ply(cloud: GaussianCloud, path: str | os.PathLike) -> Path:
-    """Write ``cloud`` as an Inria 3DGS PLY (binary little endian, float32), atomically: a
-    temporary file in the same directory, then ``os.replace``. Returns the path."""
+    """Write ``cloud`` as an Inria 3DGS PLY (binary little endian, float32), atomically
+    (``ayg.io_utils.atomic_write``). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = cloud.num
@@ -85,17 +85,9 @@ def save_ply(cloud: GaussianCloud, path: str | os.PathLike) -> Path:
     assert data.shape[1] == len(names)
     header = ["ply", "format binary_little_endian 1.0", f"comment ayg sh_degree {cloud.sh_degree}"]
     header += [f"element vertex {n}"] + [f"property float {k}" for k in names] + ["end_header"]
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(("\n".join(header) + "\n").encode("ascii"))
-            f.write(data.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        f.write(data.tobytes())
     return path
 
 
