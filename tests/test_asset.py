@@ -18,12 +18,11 @@ from ayg.asset import (
     AssetObject,
     Placement,
     load,
-    quat_to_matrix,
     rotate_sh,
     sh_basis,
 )
 from ayg.deformation import DeformationConfig, DeformationField, Motion, Segment
-from ayg.gaussians import GaussianCloud, save_ply
+from ayg.gaussians import GaussianCloud, quat_to_rotmat, save_ply
 
 SMALL = DeformationConfig(hidden=16)
 
@@ -318,8 +317,8 @@ def test_gaussians_at_attributes_and_mixed_degrees():
     assert (g["sh"][:4, 4:] == 0).all()  # degree-1 object padded with zeros
     torch.testing.assert_close(g["sh"][:4, :4], iso.sh.detach())  # identity rotation: unchanged
     # rotations compose: R_world = R_placement · R_local
-    R = quat_to_matrix(g["quats"][4:].double())
-    expected = p.rotation_matrix(dtype=torch.float64) @ quat_to_matrix(
+    R = quat_to_rotmat(g["quats"][4:].double())
+    expected = p.rotation_matrix(dtype=torch.float64) @ quat_to_rotmat(
         aniso.quats.detach().double()
     )
     torch.testing.assert_close(R, expected)
@@ -356,7 +355,7 @@ def test_sh_rotation_preserves_colour(degree):
     g = torch.Generator().manual_seed(degree)
     K = (degree + 1) ** 2
     sh = torch.randn(K, 3, generator=g, dtype=torch.float64)
-    R = quat_to_matrix(torch.randn(4, generator=g, dtype=torch.float64))
+    R = quat_to_rotmat(torch.randn(4, generator=g, dtype=torch.float64))
     dirs = torch.nn.functional.normalize(
         torch.randn(50, 3, generator=g, dtype=torch.float64), dim=-1
     )

@@ -48,9 +48,9 @@ def reference(asset: Asset, g: float, up: str) -> dict[str, np.ndarray]:
         if a["quats"] is None:
             rot = torch.eye(3, dtype=torch.float64).expand(len(s), 3, 3)
         else:
-            from ayg.asset import quat_to_matrix
+            from ayg.gaussians import quat_to_rotmat
 
-            rot = quat_to_matrix(a["quats"].double())
+            rot = quat_to_rotmat(a["quats"].double())
         cov = rot @ torch.diag_embed(s * s) @ rot.transpose(1, 2)
         cov = R @ cov @ R.T
         rgb = (0.5 + C0 * a["sh"][:, 0].double()).clamp(0.0, 1.0)

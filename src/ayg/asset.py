@@ -65,7 +65,7 @@ import torch
 from torch import Tensor
 
 from ayg.deformation import Motion
-from ayg.gaussians import GaussianCloud, PlyError, load_ply
+from ayg.gaussians import GaussianCloud, PlyError, load_ply, quat_to_rotmat
 from ayg.io_utils import atomic_path
 
 FORMAT_VERSION = 1
@@ -96,20 +96,6 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
         ],
         dim=-1,
     )
-
-
-def quat_to_matrix(q: Tensor) -> Tensor:
-    """(..., 4) wxyz quaternion (normalised here) -> (..., 3, 3) rotation matrix."""
-    q = q / q.norm(dim=-1, keepdim=True)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(*q.shape[:-1], 3, 3)  # fmt: skip
 
 
 def _axis_quat(axis: int, degrees: float) -> tuple[float, float, float, float]:
@@ -272,7 +258,7 @@ class Placement:
     def rotation_matrix(self, device: torch.device | str = "cpu", dtype=torch.float32) -> Tensor:
         """(3, 3) rotation matrix."""
         q = torch.tensor(self.rotation, dtype=torch.float64)
-        return quat_to_matrix(q).to(device, dtype)
+        return quat_to_rotmat(q).to(device, dtype)
 
     def apply(self, points: Tensor) -> Tensor:
         """(..., 3) object-space points -> (..., 3) world points."""
@@ -288,7 +274,7 @@ class Placement:
         q_outer = torch.tensor(self.rotation, dtype=torch.float64)
         q = quat_multiply(q_outer, torch.tensor(inner.rotation, dtype=torch.float64))
         t_inner = torch.tensor(inner.translation, dtype=torch.float64)
-        t = self.scale * quat_to_matrix(q_outer) @ t_inner + torch.tensor(
+        t = self.scale * quat_to_rotmat(q_outer) @ t_inner + torch.tensor(
             self.translation, dtype=torch.float64
         )
         return Placement(

@@ -36,8 +36,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ayg.asset import Asset, quat_to_matrix
+from ayg.asset import Asset
 from ayg.cameras import Cameras
+from ayg.gaussians import quat_to_rotmat
 
 VIEWER_INSTALL_HINT = 'the viewer needs viser: pip install "ayg[viewer]"'
 MODES = ("splats", "server")
@@ -67,7 +68,7 @@ def camera_from_viser(
     if q.shape != (4,) or float(q.norm()) < 1e-12:
         raise ValueError(f"wxyz must be a non-zero quaternion of 4 numbers, got {wxyz!r}")
     c2w = torch.eye(4, dtype=torch.float64)
-    c2w[:3, :3] = quat_to_matrix(q)
+    c2w[:3, :3] = quat_to_rotmat(q)
     c2w[:3, 3] = torch.as_tensor(np.asarray(position, dtype=np.float64))
     fov_deg = torch.tensor([math.degrees(fov)], dtype=torch.float32)
     return Cameras(c2w[None].float(), fov_deg, int(width), int(height)).to(device)
