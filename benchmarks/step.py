@@ -57,7 +57,15 @@ from ayg.gaussians import GaussianCloud, make_optimizer
 from ayg.io_utils import write_text
 from ayg.regularizers import jsd_regularizer, knn_indices, rigidity_loss
 from ayg.render import gsplat_available, rasterize
-from ayg.stages import LossLog, RunContext, grads_finite, new_segment, run_stage1, run_stage2
+from ayg.stages import (
+    LossLog,
+    RunContext,
+    grads_finite,
+    new_segment,
+    run_stage1,
+    run_stage2,
+    stage2_defaults,
+)
 from ayg.teachers import runtime_of
 from ayg.teachers.runtime import NAIVE, FastUNet, Runtime, configure_teacher
 from ayg.teachers.stable_diffusion import StableDiffusionTeacher
@@ -251,7 +259,7 @@ def build_mvdream(device: torch.device, dtype: torch.dtype, tiny: bool):
 
 
 def n_params(teacher) -> float:
-    denoiser = getattr(teacher, "unet", None) or teacher.transformer  # Wan: a transformer
+    denoiser = teacher.unet if hasattr(teacher, "unet") else teacher.transformer  # Wan
     mods = (denoiser, teacher.vae, teacher.text_encoder)
     return sum(p.numel() for m in mods for p in m.parameters()) / 1e6
 
@@ -789,7 +797,7 @@ def main() -> None:
         free_memory()
     if "2" in stages:
         vid = VIDEO_TEACHERS[args.video](device, dtype, args.tiny)
-        s2cfg = dataclasses.replace(s2cfg, frames=vid.frames)  # clips of the teacher's length
+        s2cfg = stage2_defaults(s2cfg, vid)  # clips of the teacher's length, as run_stage2 does
         print(
             f"# video teacher ({args.video} size): {n_params(vid):.0f} M parameters, "
             f"{vid.frames} frames at {vid.resolution[0]}×{vid.resolution[1]}",
@@ -848,7 +856,7 @@ def main() -> None:
             runs.append((label, rt, [vid, sd], stage2_loop(vid, sd, cloud, s2cfg, steps, None)))
         if "fast" not in skip and not args.tiny:
             fast = preset("fast")
-            s2fast = dataclasses.replace(fast.stage2, frames=vid.frames)
+            s2fast = stage2_defaults(fast.stage2, vid)
             loop = stage2_loop(vid, sd, cloud, s2fast, steps, fast.teachers.grad_frames)
             runs.append(("fast", runtime_of(fast.teachers), [vid, sd], loop))
         figs2 = run_loops("stage2", runs, device, args.warmup, args.iters)
