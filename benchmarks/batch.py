@@ -186,13 +186,21 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     spec = Path(args.out) / f"spec-{n}.txt"
     spec.write_text("".join(p + "\n" for p in prompts(n)))
-    rows = []
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        """Keep a configuration's row; the JSON is rewritten after each one, so a call cut
+        short (a time limit) keeps what it measured."""
+        rows.append(row)
+        print(table(rows[-1:]), flush=True)
+        if args.json:
+            write_json(args.json, {"rows": merged(rows, Path(args.json))})
+
     if args.kind == "cpu":
         for w in ints(args.workers):
             # CUDA hidden: the CPU figure must not depend on a GPU being present
             env = {"CUDA_VISIBLE_DEVICES": "", **NO_MEMORY_MONITOR}
-            rows.append(measure(args, spec, f"cpu-workers{w}-n{n}", ["--workers", str(w)], env, []))
-            print(table(rows[-1:]), flush=True)
+            record(measure(args, spec, f"cpu-workers{w}-n{n}", ["--workers", str(w)], env, []))
     else:
         ids = gpu_ids()
         if not ids:
@@ -204,33 +212,38 @@ def main() -> None:
             env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in use), **NO_MEMORY_MONITOR}
             for g in floats(args.gpus_per_job):
                 key = f"gpu{k}-share{g:g}-n{n}"
-                rows.append(measure(args, spec, key, ["--gpus-per-job", str(g)], env, use))
-                print(table(rows[-1:]), flush=True)
+                record(measure(args, spec, key, ["--gpus-per-job", str(g)], env, use))
 
-    all_rows = rows
+    all_rows = merged(rows, Path(args.json)) if args.json else with_efficiency(rows)
+    print()
+    print(table(all_rows))
     if args.json:
-        path = Path(args.json)
-        old = json.loads(path.read_text())["rows"] if path.exists() else []
-        new_keys = {r["config"] for r in rows}
-        all_rows = [r for r in old if r["config"] not in new_keys] + rows
-    # scaling efficiency against 1 GPU at the same share and job count
+        print(f"wrote {args.json}")
+
+
+def with_efficiency(rows: list[dict]) -> list[dict]:
+    """Each GPU row's scaling efficiency against 1 GPU at the same share and job count."""
     one = {
         (r["config"].split("-", 1)[1]): r["jobs_per_hour"]
-        for r in all_rows
+        for r in rows
         if r["config"].startswith("gpu1-")
     }
-    for r in all_rows:
+    for r in rows:
         r["scaling_efficiency"] = None
         if r["config"].startswith("gpu"):
             k = int(r["config"].split("-")[0][3:])
             base = one.get(r["config"].split("-", 1)[1])
             if base:
                 r["scaling_efficiency"] = round(r["jobs_per_hour"] / (k * base), 3)
-    print()
-    print(table(all_rows))
-    if args.json:
-        write_json(args.json, {"rows": all_rows})
-        print(f"wrote {args.json}")
+    return rows
+
+
+def merged(rows: list[dict], path: Path) -> list[dict]:
+    """The rows of ``path`` (an earlier call's) with this call's rows replacing those of the
+    same configuration."""
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    new_keys = {r["config"] for r in rows}
+    return with_efficiency([r for r in old if r["config"] not in new_keys] + rows)
 
 
 if __name__ == "__main__":

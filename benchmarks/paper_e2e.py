@@ -8,7 +8,8 @@ The teachers are random-weight models written in the on-disk layouts users have
     models/stable-diffusion-2-1-base/       SD 2.1 base, a diffusers folder (image teacher)
     models/MVDream/sd-v2.1-base-4view.pt    MVDream's official ldm checkpoint (multiview)
     models/mvdream-sd2.1-diffusers/         MVDream's diffusers port, MVDream's UNet layout
-    models/zeroscope_v2_576w/               Zeroscope v2 576w, a diffusers folder (video)
+    models/zeroscope_v2_576w/               Zeroscope v2 576w, a diffusers folder (video), or
+    models/Wan2.1-T2V-1.3B-Diffusers/       with --video-teacher wan: Wan 2.1 T2V 1.3B's folder
     hf/hub/                                 a Hugging Face cache with SD 2.1's tokenizer under
                                             its id: the official MVDream checkpoint reads it
 
@@ -30,7 +31,10 @@ for commands without stages the wall time is the figure. Checkpoint writing is t
 
 ``--size real``: SD 2.1 base, MVDream (``MVDreamArch()``) and Zeroscope at their real shapes
 (``benchmarks/step.py``'s configs), initialised on the GPU, saved in fp16 (safetensors, and the
-``.pt`` for MVDream's official file); bf16 teachers; about 11 GB on disk. No video by default
+``.pt`` for MVDream's official file); bf16 teachers; about 11 GB on disk. ``--video-teacher
+wan`` writes Wan 2.1 T2V 1.3B instead of Zeroscope (``benchmarks/wan_configs.py``: the 1.3B
+transformer, its causal VAE and the UMT5-XXL encoder, in bf16, about 14 GB, with a stand-in T5
+tokenizer) and the generate commands pass its folder as ``teachers.video_model``. No video by default
 (``--video`` to add previews and the video export; they need imageio-ffmpeg).
 ``--size tiny``: the same layouts with tiny shapes, on the CPU, with small renders (the
 teachers still see 320×512 and 256×256); tests/benchmarks/test_paper_e2e.py runs the writers and one
@@ -39,6 +43,8 @@ an earlier call left in ``--workdir`` and runs its ``--phases`` on them.
 
     PYTHONPATH=src python benchmarks/paper_e2e.py --size real --workdir /tmp/e2e --json e2e.json
     PYTHONPATH=src python benchmarks/paper_e2e.py --size tiny --workdir /tmp/e2e-tiny
+    PYTHONPATH=src python benchmarks/paper_e2e.py --size real --video-teacher wan \
+        --phases generate --steps 3 --workdir /tmp/e2e-wan --json e2e_wan.json
 """
 
 from __future__ import annotations
@@ -91,7 +97,22 @@ class Shapes:
     video_unet: dict
     mvdream: Any  # MVDreamArch
     disk_dtype: torch.dtype | None  # None: as initialised
+    tiny: bool = False
     overrides: tuple[str, ...] = ()
+    wan_overrides: tuple[str, ...] = ()  # with --video-teacher wan
+
+
+def wan_parts(device: torch.device, tiny: bool) -> dict[str, Any]:
+    """Wan 2.1 T2V 1.3B's transformer, VAE and UMT5 encoder (real size or tiny), random, on
+    ``device``, with the stand-in T5 tokenizer that a folder can hold."""
+    from wan_configs import build_wan_parts
+
+    from ayg.teachers.synthetic import stand_in_t5_tokenizer
+    from ayg.teachers.wan import TEXT_LENGTH
+
+    parts = build_wan_parts(device, tiny=tiny)
+    parts["tokenizer"] = stand_in_t5_tokenizer(max_length=TEXT_LENGTH)
+    return parts
 
 
 def real_shapes() -> Shapes:
@@ -180,6 +201,7 @@ def tiny_shapes() -> Shapes:
             text_vocab=64,
         ),
         disk_dtype=None,
+        tiny=True,
         # small renders and batches; the teachers resize to their own resolutions
         overrides=(
             "stage1.width=64",
@@ -196,6 +218,8 @@ def tiny_shapes() -> Shapes:
             "output.preview_width=32",
             "output.preview_height=32",
         ),
+        # the tiny transformer's rotary table covers 4×4 latents, not 480×832's 60×104
+        wan_overrides=("teachers.video_resolution=[32, 32]",),
     )
 
 
@@ -281,10 +305,16 @@ def _timed(phase: Phase, device: torch.device, fn: Callable[[], list[Path]], roo
 
 
 def write_models(
-    shapes: Shapes, workdir: Path, device: torch.device, log, reuse: bool = False
+    shapes: Shapes,
+    workdir: Path,
+    device: torch.device,
+    log,
+    reuse: bool = False,
+    video_teacher: str = "zeroscope",
 ) -> dict[str, Path]:
-    """The four teacher checkpoints and the hub-cache tokenizer; returns their paths. With
-    ``reuse``, a writer whose outputs an earlier call left in ``workdir`` is skipped."""
+    """The four teacher checkpoints (the video one Zeroscope's or Wan's) and the hub-cache
+    tokenizer; returns their paths. With ``reuse``, a writer whose outputs an earlier call left
+    in ``workdir`` is skipped."""
     import diffusers
     import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel, UNet3DConditionModel
@@ -298,6 +328,7 @@ def write_models(
         write_mvdream_port,
         write_pipeline,
         write_stand_in_tokenizer,
+        write_wan_pipeline,
     )
 
     models = workdir / "models"
@@ -305,7 +336,8 @@ def write_models(
         "sd": models / "stable-diffusion-2-1-base",
         "mvdream": models / "MVDream" / "sd-v2.1-base-4view.pt",
         "port": models / "mvdream-sd2.1-diffusers",
-        "video": models / "zeroscope_v2_576w",
+        "video": models
+        / ("Wan2.1-T2V-1.3B-Diffusers" if video_teacher == "wan" else "zeroscope_v2_576w"),
         "hub": workdir / "hf" / "hub",
     }
     for library in (diffusers, transformers):  # dtype-cast notes and shard progress bars
@@ -341,6 +373,16 @@ def write_models(
         write_mvdream_port(paths["port"], state, shapes.mvdream, tokenizer, dtype=dtype)
         return [paths["mvdream"], paths["port"]]
 
+    def wan() -> list[Path]:
+        from wan_configs import SHIFT
+
+        torch.manual_seed(2)
+        parts = wan_parts(device, shapes.tiny)
+        # bf16 on disk: the teacher runs in bf16, and UMT5 overflows in fp16
+        dtype = None if shapes.tiny else torch.bfloat16
+        write_wan_pipeline(paths["video"], shift=SHIFT, dtype=dtype, **parts)
+        return [paths["video"]]
+
     def hub() -> list[Path]:
         register_in_hub_cache(paths["hub"], SD_ID, paths["sd"], include=["tokenizer"])
         return [paths["hub"]]
@@ -368,7 +410,9 @@ def write_models(
                 "DDIMScheduler",
             ),
             ("video",),
-        ),
+        )
+        if video_teacher == "zeroscope"
+        else ("write Wan 2.1 T2V 1.3B (diffusers)", wan, ("video",)),
         ("write hub cache (SD 2.1 tokenizer)", hub, ("hub",)),
     ]
     for name, fn, keys in writers:
@@ -406,6 +450,7 @@ def jobs(
     device: str,
     video: bool,
     finetune: bool = True,
+    video_teacher: str = "zeroscope",
 ) -> list[Job]:
     teachers = [
         "teachers.local_files_only=true",
@@ -413,6 +458,7 @@ def jobs(
         f"teachers.video_model={paths['video']}",
         f"output.preview={'true' if video else 'false'}",
         *shapes.overrides,
+        *(shapes.wan_overrides if video_teacher == "wan" else ()),
     ]
 
     def run_args(out: Path, multiview: Path = paths["mvdream"], stage1: bool = True) -> list[str]:
@@ -610,6 +656,7 @@ def report(args: argparse.Namespace, phases: list[Phase], t_start: float) -> dic
         "torch": torch.__version__,
         "steps_per_phase": args.steps,
         "video": args.video,
+        "video_teacher": args.video_teacher,
         "finetune": args.finetune,
         "total_s": time.perf_counter() - t_start,
         "phases": [asdict(p) for p in phases],
@@ -633,6 +680,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="previews and the video export (need imageio-ffmpeg; default: on for tiny only)",
+    )
+    ap.add_argument(
+        "--video-teacher",
+        choices=("zeroscope", "wan"),
+        default="zeroscope",
+        help="the video teacher's folder to write and distil from (default zeroscope)",
     )
     ap.add_argument(
         "--finetune",
@@ -698,12 +751,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# paper_e2e --size {args.size} on {where}, torch {torch.__version__}", flush=True)
     (workdir / "models").mkdir(exist_ok=True)
     (workdir / "models" / "SIZE").write_text(args.size)
-    paths = write_models(shapes, workdir, device, log, reuse=args.reuse)
+    paths = write_models(
+        shapes, workdir, device, log, reuse=args.reuse, video_teacher=args.video_teacher
+    )
     runs = workdir / "runs"
     runs.mkdir(exist_ok=True)
     write_compose_spec(runs)
     env = cli_env(workdir)
-    for job in jobs(paths, runs, shapes, args.steps, args.device, args.video, args.finetune):
+    for job in jobs(
+        paths,
+        runs,
+        shapes,
+        args.steps,
+        args.device,
+        args.video,
+        args.finetune,
+        video_teacher=args.video_teacher,
+    ):
         if job.name in args.phases:
             log(run_job(job, workdir, env, args.timeout))
 

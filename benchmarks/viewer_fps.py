@@ -5,6 +5,7 @@ exported web player.
     python benchmarks/viewer_fps.py --device cpu  [--gaussians 400,20000] [--json out.json]
     python benchmarks/viewer_fps.py --device cuda [--gaussians 400,20000,100000]
     python benchmarks/viewer_fps.py --asset runs/cone/asset.ayg --screenshots docs/screenshots
+    python benchmarks/viewer_fps.py --device cuda --no-browser [--json out.json]
 
 For each asset and each way of drawing it, the page plays for --seconds and two rates are
 counted:
@@ -21,6 +22,14 @@ browser draws with WebGL, on SwiftShader (software, on the CPU) here since headl
 on a machine without a GPU has no other. The asset is a ball of N isotropic Gaussians moved by
 a deformation field of the paper's size (C.2: 5 layers of width 128), or --asset. Prints one
 line per case and writes the figures to --json. Asserts nothing.
+
+``--no-browser`` (a machine without chromium, such as a GPU server) measures the server's side
+alone: for each mode, the new time steps a second the server can produce on --device, the
+ceiling on ``updates_fps`` (``server_fps``). Splats: the deformed centres of a new time step,
+copied to host memory (``ayg.viewer.centers_at``, what the viewer sends). Server rendering: one
+800×600-aspect image at --resolution rendered (``ayg.viewer.render_view``) and JPEG-encoded as
+viser encodes background images. Each is the mean over --seconds after one warm-up; the time
+steps differ from call to call, as they do while the animation plays.
 """
 
 from __future__ import annotations
@@ -155,6 +164,96 @@ def run_web(browser, asset, args, tmp: Path, shots: Path | None, name: str) -> d
     return m
 
 
+def jpeg_encoder():
+    """viser's background-image encoder when viser is installed, else OpenCV's (viser's own
+    first choice), else Pillow's; returns (name, encode(image uint8 HxWx3) -> bytes)."""
+    try:
+        from viser._scene_api import _encode_image_binary
+
+        return "viser", lambda im: _encode_image_binary(im, "jpeg")[1]
+    except ImportError:
+        pass
+    try:
+        import cv2
+
+        return "opencv", lambda im: cv2.imencode(".jpg", im[:, :, ::-1])[1].tobytes()
+    except ImportError:
+        import io
+
+        from PIL import Image
+
+        def pil(im):
+            buf = io.BytesIO()
+            Image.fromarray(im).save(buf, format="JPEG", quality=75)
+            return buf.getvalue()
+
+        return "pillow", pil
+
+
+def server_rates(asset, args) -> list[dict]:
+    """--no-browser: the time steps a second the server produces for each mode."""
+    from ayg.cameras import look_at_cameras
+    from ayg.viewer import DEFAULT_VIEW, centers_at, image_size, render_view
+
+    asset.to(args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    encoder, encode = jpeg_encoder()
+    w, h = image_size(args.width / args.height, args.resolution)
+    elevation, azimuth, distance, fov = DEFAULT_VIEW
+    cams = look_at_cameras(elevation, azimuth, distance, fov, w, h, device=args.device)
+    duration = float(asset.duration) or 1.0
+    work = {
+        "splats": lambda t: centers_at(asset, t),
+        "server": lambda t: encode(render_view(asset, cams, t)),
+    }
+    out = []
+    for mode in [m for m in args.modes.split(",") if m in work]:
+        fn = work[mode]
+        fn(0.0)  # warm-up: kernels built, caches filled
+        sync()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < args.seconds:
+            fn((0.013 + n * 0.0371) % duration)
+            n += 1
+        sync()
+        dt = time.perf_counter() - t0
+        row = {"mode": mode, "server_fps": n / dt, "calls": n, "seconds": dt}
+        if mode == "server":
+            row.update(width=w, height=h, jpeg=encoder)
+        out.append(row)
+    return out
+
+
+def main_no_browser(args, assets) -> int:
+    results = []
+    for name, asset in assets:
+        for m in server_rates(asset, args):
+            m.update(asset=name, gaussians=asset.num_gaussians)
+            results.append(m)
+            size = f" at {m['width']}x{m['height']}" if "width" in m else ""
+            print(
+                f"{name:>12} {m['mode']:>7}: server produces {m['server_fps']:7.1f} time steps/s"
+                f"{size} ({m['calls']} in {m['seconds']:.1f} s)",
+                flush=True,
+            )
+    report = {
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else platform.processor() or "cpu",
+        "browser": None,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "resolution": args.resolution,
+        "results": results,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="where the server renders: cpu or cuda")
@@ -169,8 +268,11 @@ def main(argv=None) -> int:
     ap.add_argument("--chromium", default=shutil.which("chromium"))
     ap.add_argument("--screenshots", default=None, help="save a screenshot of each case here")
     ap.add_argument("--json", default=None, help="write the figures here")
+    ap.add_argument(
+        "--no-browser", action="store_true", help="the server's side alone (no chromium needed)"
+    )
     args = ap.parse_args(argv)
-    if args.chromium is None:
+    if args.chromium is None and not args.no_browser:
         print("viewer_fps: needs chromium (apt-get install chromium)", file=sys.stderr)
         return 2
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -184,6 +286,8 @@ def main(argv=None) -> int:
         assets = [(Path(args.asset).stem, load(args.asset))]
     else:
         assets = [(f"ball{n}", moving_ball(int(n))) for n in args.gaussians.split(",")]
+    if args.no_browser:
+        return main_no_browser(args, assets)
     shots = Path(args.screenshots) if args.screenshots else None
     if shots is not None:
         shots.mkdir(parents=True, exist_ok=True)

@@ -84,6 +84,35 @@ def test_tiny_checkpoints_and_generate_through_the_cli(e2e, tmp_path, capsys):
     assert "  stage2" in printed and "runs/generate/asset.ayg" in printed
 
 
+@pytest.mark.slow
+def test_tiny_wan_folder_and_generate_through_the_cli(e2e, tmp_path):
+    """--video-teacher wan: a Wan folder in WanPipeline's layout replaces Zeroscope's, and
+    generate distils stage 2 from it (the family read from its model_index.json)."""
+    from ayg.asset import Asset
+
+    work, out = tmp_path / "work", tmp_path / "e2e.json"
+    argv = ["--size", "tiny", "--workdir", str(work), "--json", str(out), "--steps", "1"]
+    argv += ["--video-teacher", "wan", "--phases", "generate", "--no-video", "--no-finetune"]
+    rc = e2e.main(argv)
+    report = json.loads(out.read_text())
+    phases = {p["name"]: p for p in report["phases"]}
+    assert rc == 0, [p["error"] for p in report["phases"] if p["status"] != "ok"]
+    assert report["video_teacher"] == "wan"
+    assert "write Wan 2.1 T2V 1.3B (diffusers)" in phases
+    assert not any("Zeroscope" in name for name in phases)
+    wan = work / "models" / "Wan2.1-T2V-1.3B-Diffusers"
+    index = json.loads((wan / "model_index.json").read_text())
+    assert index["_class_name"] == "WanPipeline" and index["transformer"][1] == (
+        "WanTransformer3DModel"
+    )
+    gen = phases["generate"]
+    assert f"teachers.video_model={wan}" in gen["command"]
+    assert [s["phase"] for s in gen["stages"]] == ["stage1", "stage2"]
+    asset = Asset.load(work / "runs" / "generate" / "asset.ayg")
+    assert asset.header["config"]["teachers"]["video_model"] == str(wan)
+    assert asset.objects[0].motion is not None
+
+
 def test_arguments_are_checked(e2e, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("")

@@ -6,7 +6,6 @@ score is checked against closed forms on a scripted velocity model."""
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,15 +19,15 @@ from diffusers import (  # noqa: E402
     AutoencoderKLWan,
     FlowMatchEulerDiscreteScheduler,
     UniPCMultistepScheduler,
-    WanPipeline,
     WanTransformer3DModel,
 )
-from transformers import T5Tokenizer, UMT5Config, UMT5EncoderModel  # noqa: E402
+from transformers import UMT5Config, UMT5EncoderModel  # noqa: E402
 
 from ayg.config import TeacherConfig, apply_overrides, preset  # noqa: E402
 from ayg.distill import Teacher, TeacherTerm, TRangeSchedule, distill_loss, to_timesteps  # noqa: E402
 from ayg.teachers import build_teachers, video_family  # noqa: E402
 from ayg.teachers.hub import TeacherNotAvailable  # noqa: E402
+from ayg.teachers.synthetic import stand_in_t5_tokenizer, write_wan_pipeline  # noqa: E402
 from ayg.teachers.wan import (  # noqa: E402
     MODEL_ID,
     NEGATIVE_PROMPT,
@@ -56,17 +55,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_tokenizer() -> T5Tokenizer:
-    """A unigram T5 tokenizer over single letters (word-initial and inner), built offline."""
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    vocab += [(c, -3.0) for c in string.ascii_lowercase + ","]
-    vocab += [("▁" + c, -2.5) for c in string.ascii_lowercase]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=L)
-
-
 def tiny_parts() -> dict:
     torch.manual_seed(0)
-    tokenizer = tiny_tokenizer()
+    tokenizer = stand_in_t5_tokenizer(max_length=L)
     text_encoder = UMT5EncoderModel(
         UMT5Config(
             vocab_size=len(tokenizer),
@@ -101,18 +92,11 @@ def tiny_parts() -> dict:
         num_res_blocks=1,
         temperal_downsample=[False, True, True],
     )
-    scheduler = UniPCMultistepScheduler(  # what Wan-AI/Wan2.1-T2V-1.3B-Diffusers ships
-        prediction_type="flow_prediction",
-        use_flow_sigmas=True,
-        num_train_timesteps=1000,
-        flow_shift=SHIFT,
-    )
     return dict(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         transformer=transformer,
         vae=vae,
-        scheduler=scheduler,
     )
 
 
@@ -120,9 +104,8 @@ def tiny_parts() -> dict:
 def wan_folder(tmp_path_factory) -> Path:
     """model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/ as
     ``WanPipeline.save_pretrained`` writes them (safetensors)."""
-    root = tmp_path_factory.mktemp("tiny-wan")
-    WanPipeline(**tiny_parts()).save_pretrained(root)
-    return root
+    root = tmp_path_factory.mktemp("tiny-wan") / "wan"
+    return write_wan_pipeline(root, shift=SHIFT, **tiny_parts())
 
 
 @pytest.fixture

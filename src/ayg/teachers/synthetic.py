@@ -12,7 +12,10 @@ and benchmarks that load them through the real loaders without downloading anyth
   ``tokenizer/``, ``scheduler/``.
 * a diffusers pipeline folder (Stable Diffusion 2.1 base, Zeroscope v2): ``unet/ vae/
   text_encoder/ tokenizer/ scheduler/ model_index.json``.
-* a CLIP BPE tokenizer with a tiny vocabulary, standing in for OpenCLIP's 49408 tokens.
+* a Wan text-to-video folder (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``): ``transformer/ vae/
+  text_encoder/ tokenizer/ scheduler/ model_index.json`` as ``WanPipeline`` saves them.
+* a CLIP BPE tokenizer with a tiny vocabulary, standing in for OpenCLIP's 49408 tokens, and a
+  unigram T5 tokenizer over letters, standing in for UMT5's 256,384 tokens.
 * a Hugging Face cache entry holding a local folder, for loaders that take only a model id.
 
 Folders are written under a temporary name and renamed into place, so a half-written model is
@@ -260,6 +263,33 @@ def write_stand_in_tokenizer(folder: str | os.PathLike, max_length: int = 77) ->
     return tokenizer
 
 
+def stand_in_t5_tokenizer(max_length: int = 512) -> Any:
+    """A unigram ``T5Tokenizer`` over lower-case letters and ``,`` (word-initial and inner
+    pieces, ids < 60), built offline, standing in for UMT5's tokenizer: every prompt tokenizes
+    and the ids fit any UMT5 encoder's vocabulary. ``max_length``: Wan's 512 text tokens."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(c, -3.0) for c in string.ascii_lowercase + ","]
+    vocab += [("▁" + c, -2.5) for c in string.ascii_lowercase]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
+def flow_scheduler(shift: float = 3.0) -> Any:
+    """The scheduler ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` ships: UniPC over flow sigmas with
+    ``flow_shift`` 3.0 (the teacher reads only the flow schedule from it)."""
+    from diffusers import UniPCMultistepScheduler
+
+    return UniPCMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        num_train_timesteps=1000,
+        flow_shift=shift,
+    )
+
+
 def ldm_scheduler(kind: str = "DDPMScheduler") -> Any:
     """The noise schedule of SD 2.1 base, MVDream and Zeroscope (ldm's "linear" in √β,
     ε-prediction) as the diffusers scheduler class ``kind`` their folders ship (SD 2.1 base:
@@ -323,6 +353,32 @@ def write_pipeline(
             )
             index[name] = [library, type(obj).__name__]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
+
+
+def write_wan_pipeline(
+    folder: str | os.PathLike,
+    transformer: nn.Module,
+    vae: nn.Module,
+    text_encoder: nn.Module,
+    tokenizer: Any,
+    shift: float = 3.0,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """A Wan text-to-video folder as ``WanPipeline.save_pretrained`` writes it (safetensors;
+    weights in ``dtype`` when given), with ``flow_scheduler(shift)``."""
+    from diffusers import WanPipeline
+
+    folder = Path(folder)
+    parts = {k: _cast(m, dtype) for k, m in (("transformer", transformer), ("vae", vae))}
+    with _new_folder(folder) as tmp:
+        pipe = WanPipeline(
+            tokenizer=tokenizer,
+            text_encoder=_cast(text_encoder, dtype),
+            scheduler=flow_scheduler(shift),
+            **parts,
+        )
+        pipe.save_pretrained(str(tmp))
     return folder
 
 
