@@ -179,6 +179,46 @@ def appearance_scores(colour_p: Tensor, shape_p: Tensor, target: ToyPrompt | Non
 
 
 @torch.no_grad()
+def appearance_over_time(
+    asset,
+    prompt: str | ToyPrompt,
+    classifiers: Classifiers,
+    times: int = 20,
+    views: int = EVAL_VIEWS,
+    res: int | tuple[int, int] | None = None,
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> dict:
+    """F.1's appearance protocol repeated at ``times`` evenly spaced global times over
+    [0, duration]: at each time the ``views`` azimuths are rendered and classified, and the
+    majority vote is right or not. ``accuracy``: the fraction of times whose majority is the
+    prompt's colour and shape; ``view_accuracy``: the fraction of all times × views classified
+    right; ``majorities``: the vote at each time. A static asset (duration 0, e.g. a stage-1
+    cloud) looks the same at every time, so it is rendered once."""
+    target = _toy_prompt(prompt)
+    if target is None:
+        raise ValueError(f"appearance needs a toy prompt, got {prompt!r}")
+    duration = float(asset.duration)
+    bg = torch.tensor(background, dtype=torch.float32)
+    res = res or getattr(classifiers, "appearance_res", 32)
+    azimuths = torch.arange(views, dtype=torch.float32) * (360.0 / views)
+    grid = torch.linspace(0.0, duration, times) if duration > 0 else torch.zeros(1)
+    per_time = [
+        appearance_scores(
+            *appearance_predictions(asset, classifiers, azimuths, t.expand(views), res, bg),
+            target,
+        )
+        for t in grid
+    ]
+    per_time = per_time * (times // len(per_time))
+    return {
+        "accuracy": sum(s["accuracy"] for s in per_time) / times,
+        "view_accuracy": sum(s["view_accuracy"] for s in per_time) / times,
+        "majorities": [s["majority"] for s in per_time],
+        "times": [float(t) for t in (grid if duration > 0 else grid.expand(times))],
+    }
+
+
+@torch.no_grad()
 def motion_predictions(
     asset,
     classifiers: Classifiers,

@@ -3,7 +3,8 @@ the schema of ``docs/results/README.md``.
 
 Every record has
 
-    kind       "toy48" | "ablation" | "teacher_check"      what produced it
+    kind       "toy48" | "ablation" | "teacher_check" |    what produced it
+               "keeps3d"
     prompt     str | null                                  the prompt of the run (null: none)
     seed       int | null                                  the run's seed
     preset     str | null                                  the preset the config started from
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-KINDS = ("toy48", "ablation", "teacher_check")
+KINDS = ("toy48", "ablation", "teacher_check", "keeps3d")
 REQUIRED = ("kind", "prompt", "seed", "preset", "overrides", "commit", "metrics")
 
 
