@@ -210,3 +210,70 @@ def test_with_the_gaussian_rasterizer(tmp_path):
     path = asset.save(tmp_path / "ball.ayg")
     (from_file,) = evaluate_paths([path], classifiers=clf, device="cpu", views=4, **FAST)
     assert from_file["prompt"] == "a blue ball" and from_file["drift"] == 0.0
+
+
+# -- appearance over time (the 3D-vs-4D comparison) -----------------------------------------
+
+
+class MorphAsset(FakeAsset):
+    """Renders its own prompt before ``switch`` and another colour from then on."""
+
+    def __init__(self, prompt: str, other: str, switch: float, duration: float = 1.0):
+        super().__init__(prompt, duration=duration)
+        self.other, self.switch = parse_prompt(other), switch
+
+    def render(self, cameras, times, background=None, backend="auto"):
+        self.rendered_times.append(times)
+        a = scene.render(self.toy, cameras, times, background).rgb
+        b = scene.render(self.other, cameras, times, background).rgb
+        late = (times >= self.switch).view(-1, 1, 1, 1)
+        return SimpleNamespace(rgb=torch.where(late, b, a), alpha=None)
+
+
+def test_appearance_over_time_counts_the_times_whose_majority_is_right():
+    from ayg.evaluate import appearance_over_time
+
+    prompt = "a red cube nodding"
+    oracle = OracleClassifiers(prompt)
+    # 20 times on [0, 1]: 0, 1/19, ..., 1; the colour turns green from t = 0.5: 10 right
+    asset = MorphAsset(prompt, "a green cube", switch=0.5)
+    out = appearance_over_time(asset, prompt, oracle, times=20, views=4)
+    assert out["accuracy"] == 0.5 and out["view_accuracy"] == 0.5
+    assert out["majorities"][:10] == ["red cube"] * 10
+    assert out["majorities"][10:] == ["green cube"] * 10
+    assert out["times"][0] == 0.0 and out["times"][-1] == 1.0 and len(asset.rendered_times) == 20
+
+    # a static asset (a stage-1 cloud) is rendered once and counts for every time
+    still = FakeAsset("a red cube", duration=0.0)
+    out = appearance_over_time(still, prompt, oracle, times=20, views=4)
+    assert len(still.rendered_times) == 1 and out["accuracy"] == 1.0
+    assert out["majorities"] == ["red cube"] * 20 and out["times"] == [0.0] * 20
+    wrong = OracleClassifiers(prompt, shape="ring")
+    assert appearance_over_time(still, prompt, wrong, times=5, views=4)["accuracy"] == 0.0
+    with pytest.raises(ValueError, match="toy prompt"):
+        appearance_over_time(still, "a panda", oracle)
+
+
+@pytest.mark.slow
+def test_keeps3d_scores_a_generated_run_and_skips_it_next_time(tmp_path, capsys):
+    """A tiny-preset generate keeps stage1.ayg beside asset.ayg; keeps3d scores both with the
+    shipped classifiers, appends one record and, run again, scores nothing new."""
+    from ayg.cli import main as ayg_main
+    from ayg.evaluation import keeps3d
+    from ayg.evaluation.records import read_records
+
+    run = tmp_path / "runs" / "a_red_cube_swaying"
+    assert ayg_main(["generate", "a red cube swaying", "--preset", "tiny", "--out", str(run)]) == 0
+    out = tmp_path / "keeps3d.jsonl"
+    argv = [str(tmp_path / "runs"), "--out", str(out), "--times", "3"]
+    assert keeps3d.main(argv) == 0
+    (rec,) = read_records([out])
+    assert rec["kind"] == "keeps3d" and rec["prompt"] == "a red cube swaying"
+    assert rec["run"] == "a_red_cube_swaying" and rec["preset"] == "tiny" and rec["seed"] == 0
+    m = rec["metrics"]
+    assert m["stage1_accuracy"] in (0.0, 1.0) and len(m["final_majorities"]) == 3
+    assert 0.0 <= m["final_accuracy"] <= 1.0 and len(rec["times"]) == 3
+    assert keeps3d.main(argv) == 0
+    assert len(read_records([out])) == 1
+    assert "runs                          1" in capsys.readouterr().out
+    assert keeps3d.main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2

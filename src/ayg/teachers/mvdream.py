@@ -61,14 +61,7 @@ from ayg.teachers.hub import (
     load_component,
     safe_torch_load,
 )
-from ayg.teachers.stable_diffusion import (
-    PromptCache,
-    check_encoder_backward,
-    default_dtype,
-    encode_frames,
-    encode_sequences,
-    freeze,
-)
+from ayg.teachers.stable_diffusion import LatentTeacher, default_dtype
 
 if TYPE_CHECKING:
     from ayg.cameras import Cameras
@@ -647,12 +640,14 @@ class ByteTokenizer:
 # The teacher
 
 
-class MVDreamTeacher:
+class MVDreamTeacher(LatentTeacher):
     """Multiview teacher (F = V = 4) implementing ``ayg.distill.Teacher``.
 
     ``unet`` is a diffusers ``UNet2DConditionModel`` (camera MLP as ``class_embedding``) whose
     ``attn1`` processors are multiview; ``cross_view`` switches them between 3D and per-view
-    attention.
+    attention. Loading, the prompt cache, the frame encoding and moving between devices are
+    ``LatentTeacher``'s (the same SD autoencoder and OpenCLIP text tower); the renders are
+    encoded at ``image_size``² (C.8: 256).
     """
 
     kind = "multiview"
@@ -678,27 +673,23 @@ class MVDreamTeacher:
             raise ValueError(
                 "the MVDream UNet needs class_embed_type='projection' (the camera MLP)"
             )
-        if alphas_cumprod.ndim != 1:
-            raise ValueError(
-                f"alphas_cumprod must have shape (T,), got {tuple(alphas_cumprod.shape)}"
-            )
-        self.device = torch.device(device)
-        self.dtype = dtype or default_dtype(self.device)
-        self.vae_dtype = vae_dtype or self.dtype
-        self.unet = freeze(unet, self.device, self.dtype)
-        self.vae = freeze(vae, self.device, self.vae_dtype)
-        self.text_encoder = freeze(text_encoder, self.device, self.dtype)
-        self.tokenizer = tokenizer
-        self.prompts = PromptCache(tokenizer, self.text_encoder)
+        super().__init__(
+            unet,
+            vae,
+            text_encoder,
+            tokenizer,
+            alphas_cumprod,
+            device=device,
+            dtype=dtype,
+            vae_dtype=vae_dtype,
+            resolution=(image_size, image_size),
+            sample_latents=sample_latents,
+            encode_chunk=encode_chunk,
+            encoder_backward=encoder_backward,
+        )
+        self.image_size = image_size
         self.mv_attention = install_multiview_attention(self.unet)
         self.mv_attention.enabled = cross_view
-        self._alphas = alphas_cumprod.detach().float().to(self.device)
-        self.image_size = image_size
-        self.sample_latents = sample_latents
-        self.encoder_backward = check_encoder_backward(encoder_backward)
-        self.encode_chunk = encode_chunk
-        self.text_encoder_released = False
-        self.active = True
 
     @property
     def cross_view(self) -> bool:
@@ -902,14 +893,6 @@ class MVDreamTeacher:
 
     # -- protocol -------------------------------------------------------------------------------
 
-    def alphas_cumprod(self) -> Tensor:
-        return self._alphas
-
-    def embed(self, prompts: Sequence[str]) -> Tensor:
-        """(P, 77, D) penultimate-layer OpenCLIP embeddings, cached per prompt."""
-        self._ensure_active()
-        return self.prompts(prompts, self.device)
-
     def encode(
         self,
         images: Tensor,
@@ -919,21 +902,7 @@ class MVDreamTeacher:
         """images (B, V, 3, H, W) in [0, 1] -> latents (B, V, 4, S/8, S/8) float32 at S =
         ``image_size`` (256, C.8; other sizes are resized bilinearly), differentiable."""
         self._ensure_active()
-        images = images.to(self.device)
-        size = (self.image_size, self.image_size)
-
-        def encode(x: Tensor) -> Tensor:  # (N, 3, H, W) -> (N, 4, S/8, S/8)
-            return encode_frames(
-                self.vae,
-                x,
-                size,
-                generator,
-                self.sample_latents,
-                self.encoder_backward,
-                self.encode_chunk,
-            )
-
-        return encode_sequences(encode, images, grad_frames, generator, self.encode_chunk)
+        return self._encode_clips(images.to(self.device), grad_frames, generator)
 
     def predict_noise(
         self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
@@ -967,26 +936,12 @@ class MVDreamTeacher:
         return eps.reshape(b, v, *eps.shape[1:])
 
     def offload(self) -> None:
-        """Weights to the CPU while another teacher runs (the prompt cache stays)."""
+        """All weights to the CPU, the VAE too (the prompt cache stays). Teachers are offloaded
+        once, right after loading (``teachers.offload_idle``), before any backward through
+        their encoder can be pending."""
         for m in (self.unet, self.vae, self.text_encoder):
             m.to("cpu")
         self.active = False
-
-    def activate(self) -> None:
-        for m in (self.unet, self.vae, self.text_encoder):
-            if m is not self.text_encoder or not self.text_encoder_released:
-                m.to(self.device)
-        self.active = True
-
-    def release_text_encoder(self) -> None:
-        """Text encoder to the CPU for good, once the prompts a run needs are cached (a prompt
-        not cached yet is still embedded, on the CPU)."""
-        self.text_encoder.to("cpu")
-        self.text_encoder_released = True
-
-    def _ensure_active(self) -> None:
-        if not self.active:
-            self.activate()
 
 
 def sd_tokenizer(model_id: str = DEFAULT_TOKENIZER_ID, **hub: Any) -> Any:
