@@ -527,3 +527,19 @@ def test_example_cloud_and_bundled_ply():
     bundled = load_ply(path)
     for k, v in cloud.state_dict().items():
         torch.testing.assert_close(bundled.state_dict()[k], v, rtol=0, atol=1e-6)
+
+
+def test_knn_mean_sq_dist_against_a_naive_search():
+    """The initial scales' neighbour distances (C.1) against sorting every pair's distance."""
+    from ayg.gaussians import knn_mean_sq_dist
+
+    g = torch.Generator().manual_seed(3)
+    pts = torch.rand(300, 3, generator=g, dtype=torch.float64) * 2 + 5.0  # away from the origin
+    d2 = ((pts[:, None] - pts[None]) ** 2).sum(-1)
+    d2.fill_diagonal_(float("inf"))
+    naive = d2.sort(dim=1).values[:, :3].mean(1)
+    assert torch.allclose(knn_mean_sq_dist(pts, k=3, chunk=64), naive, rtol=1e-12, atol=0)
+    two = torch.tensor([[0.0, 0.0, 0.0], [0.0, 3.0, 4.0]])
+    assert knn_mean_sq_dist(two, k=3).tolist() == [25.0, 25.0]  # k capped at N - 1
+    with pytest.raises(ValueError, match="at least 2 points"):
+        knn_mean_sq_dist(two[:1])

@@ -478,3 +478,23 @@ def test_resume_inside_finetuning_equals_uninterrupted(tmp_path, stop_phase):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_stage1_config_defaults_are_the_components_defaults():
+    """The paper's table-3 rates, the densification schedule and the C.5 camera ranges are
+    stated in the config (the --set fields) and in the components; a default config must build
+    exactly the default components, and a field must reach its component."""
+    from ayg.cameras import Stage1CameraSampler
+    from ayg.config import Stage1Config
+    from ayg.gaussians import DensifyStrategy, GaussianLR
+    from ayg.stages import stage1_components
+
+    assert stage1_components(Stage1Config()) == (
+        GaussianLR(),
+        DensifyStrategy(),
+        Stage1CameraSampler(),
+    )
+    lr, strategy, sampler = stage1_components(
+        Stage1Config(lr_opacity=0.07, densify_every=77, elevation_range=(0.0, 30.0))
+    )
+    assert lr.opacity == 0.07 and strategy.every == 77 and sampler.elevation_range == (0.0, 30.0)

@@ -274,6 +274,45 @@ def stage1_terms(cfg: Stage1Config) -> tuple[TeacherTerm, TeacherTerm]:
     return mv, im
 
 
+def stage1_components(
+    cfg: Stage1Config,
+) -> tuple[GaussianLR, DensifyStrategy, Stage1CameraSampler]:
+    """The learning rates, densification and camera sampler a stage-1 config asks for: the
+    one place the config's flat ``--set`` fields (``stage1.lr_position``, ...) map onto the
+    components' own names. With a default config they equal the components' defaults (checked
+    in tests), so the paper's table-3 values are stated in both and cannot drift apart."""
+    return (
+        GaussianLR(
+            position=cfg.lr_position,
+            position_final=cfg.lr_position_final,
+            position_decay_steps=cfg.lr_position_decay_steps,
+            rgb=cfg.lr_rgb,
+            sh=cfg.lr_sh,
+            opacity=cfg.lr_opacity,
+            scaling=cfg.lr_scaling,
+            scale=cfg.lr_scale,
+        ),
+        DensifyStrategy(
+            grad_threshold=cfg.densify_grad_threshold,
+            prune_opacity=cfg.prune_opacity,
+            start=cfg.densify_start,
+            every=cfg.densify_every,
+            stop=cfg.densify_stop,
+            max_gaussians=cfg.max_gaussians,
+            reset_every=cfg.opacity_reset_every,
+            reset_value=cfg.opacity_reset_value,
+        ),
+        Stage1CameraSampler(
+            fov_range=cfg.fov_range,
+            elevation_range=cfg.elevation_range,
+            scale_range=cfg.scale_range,
+            views=cfg.views,
+            width=cfg.width,
+            height=cfg.height,
+        ),
+    )
+
+
 def run_stage1(
     prompt: str,
     cfg: Stage1Config,
@@ -297,27 +336,8 @@ def run_stage1(
     else:
         # a trainable copy (the cloud handed over is usually a frozen stage-1 result)
         cloud = GaussianCloud.from_state_dict(cloud.state_dict(), requires_grad=True).to(device)
-    lr = GaussianLR(
-        position=cfg.lr_position,
-        position_final=cfg.lr_position_final,
-        position_decay_steps=cfg.lr_position_decay_steps,
-        rgb=cfg.lr_rgb,
-        sh=cfg.lr_sh,
-        opacity=cfg.lr_opacity,
-        scaling=cfg.lr_scaling,
-        scale=cfg.lr_scale,
-    )
+    lr, strategy, sampler = stage1_components(cfg)
     optimizer = make_optimizer(cloud, lr)
-    strategy = DensifyStrategy(
-        grad_threshold=cfg.densify_grad_threshold,
-        prune_opacity=cfg.prune_opacity,
-        start=cfg.densify_start,
-        every=cfg.densify_every,
-        stop=cfg.densify_stop,
-        max_gaussians=cfg.max_gaussians,
-        reset_every=cfg.opacity_reset_every,
-        reset_value=cfg.opacity_reset_value,
-    )
     strategy_state = strategy.initialize_state()
     start, skipped = 0, 0
 
@@ -333,14 +353,6 @@ def run_stage1(
         start, skipped = int(ckpt["step"]), int(ckpt["skipped"])
     ctx.log.truncate_after(phase, start)
 
-    sampler = Stage1CameraSampler(
-        fov_range=cfg.fov_range,
-        elevation_range=cfg.elevation_range,
-        scale_range=cfg.scale_range,
-        views=cfg.views,
-        width=cfg.width,
-        height=cfg.height,
-    )
     mv_term, im_term = stage1_terms(cfg)
     mv_teacher = teachers.get("multiview") if cfg.use_multiview else None
     im_teacher = teachers.get("image") if cfg.use_image else None

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ayg.regularizers import knn_indices
+
 C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi))
 
 # Parameter names, in the order of ``named_parameters`` and of the optimizer's groups.
@@ -48,18 +50,15 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
 
 
 def knn_mean_sq_dist(points: Tensor, k: int = 3, chunk: int = 2048) -> Tensor:
-    """(N, 3) -> (N,) mean squared distance to the k nearest other points (brute force, chunked)."""
+    """(N, 3) -> (N,) mean squared distance to the k nearest other points, the neighbours found
+    by ``ayg.regularizers.knn_indices`` (the rigidity term's search) and their distances computed
+    directly."""
     n = points.shape[0]
     k = min(k, n - 1)
     if k < 1:
         raise ValueError(f"need at least 2 points to measure neighbour distances, got {n}")
-    out = []
-    for i in range(0, n, chunk):
-        d = torch.cdist(points[i : i + chunk], points, compute_mode="donot_use_mm_for_euclid_dist")
-        rows = torch.arange(d.shape[0], device=points.device)
-        d[rows, rows + i] = float("inf")  # not its own neighbour
-        out.append(d.topk(k, dim=1, largest=False).values.square().mean(dim=1))
-    return torch.cat(out)
+    idx = knn_indices(points, k, chunk)  # (N, k)
+    return (points[:, None] - points[idx]).square().sum(-1).mean(1)
 
 
 # ----------------------------------------------------------------------------- the cloud
