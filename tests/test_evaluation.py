@@ -127,7 +127,11 @@ def test_committed_ablation_records_give_the_documented_table():
 
 def test_ablation_jobs_put_the_rows_overrides_last(tmp_path):
     jobs = ablations.ablation_jobs(
-        ["a red cube spinning", "a blue cone nodding"], [0, 10], tmp_path, seed=2, overrides=["x=1"]
+        ["a red cube spinning", "a blue cone nodding"],
+        [0, 10],
+        tmp_path,
+        seeds=[2],
+        overrides=["x=1"],
     )
     assert [(j.setting, j.prompt) for j in jobs] == [
         ("full AYG", "a red cube spinning"),
@@ -136,7 +140,59 @@ def test_ablation_jobs_put_the_rows_overrides_last(tmp_path):
         ("w/o negative prompt", "a blue cone nodding"),
     ]
     assert jobs[2].overrides == ("x=1", "stage2.omega_neg=0") and jobs[2].seed == 2
-    assert jobs[3].out == str(tmp_path / "row10" / "p01") and jobs[3].kind == "ablation"
+    assert jobs[3].out == str(tmp_path / "row10" / "s2" / "p01") and jobs[3].kind == "ablation"
+    two = ablations.ablation_jobs(["a red cube spinning"], [0], tmp_path, seeds=[0, 1])
+    assert [(j.seed, j.out) for j in two] == [
+        (0, str(tmp_path / "row00" / "s0" / "p00")),
+        (1, str(tmp_path / "row00" / "s1" / "p00")),
+    ]
+
+
+def test_table_prompts_cover_every_shape_motion_and_held_out_pairs():
+    from ayg.toyworld.vocab import SHAPES, parse_prompt
+
+    toy = [parse_prompt(p) for p in ablations.TABLE_PROMPTS]
+    assert len(toy) == 16 and len(set(ablations.TABLE_PROMPTS)) == 16
+    assert all(sum(t.shape == s for t in toy) == 4 for s in SHAPES)
+    assert {t.motion for t in toy} == {"spinning", "swaying", "nodding"}
+    assert sum(t.held_out for t in toy) >= 4
+
+
+def test_ablation_table_pairs_each_row_with_full_ayg():
+    """Hand-computed: 4 prompt-seed pairs; the row loses motion on two of them and gains it on
+    none (McNemar p = 2 · ½² = 0.5), and drifts 0.2 more on every pair."""
+
+    def rec(setting, prompt, seed, motion, drift):
+        return records.make_record(
+            "ablation",
+            {"motion_accuracy": motion, "appearance_accuracy": 1.0, "drift": drift,
+             "motion_amount": 0.1},
+            prompt, seed, "toy", [], setting=setting,
+        )  # fmt: skip
+
+    keys = [("a red cube spinning", 0), ("a red cube spinning", 1), ("a blue cone nodding", 0),
+            ("a blue cone nodding", 1)]  # fmt: skip
+    full = [rec("full AYG", p, s, 1.0, 0.3) for p, s in keys]
+    row = [rec("w/o JSD regularizer", p, s, float(i >= 2), 0.5) for i, (p, s) in enumerate(keys)]
+    extra = [rec("w/o JSD regularizer", "a green ring nodding", 0, 1.0, 9.0)]  # no full pair
+    rows = {r["row"]: r for r in ablations.table(full + row + extra)}
+    vs = rows["w/o JSD regularizer"]["vs_full"]
+    assert vs["pairs"] == 4
+    assert vs["motion_accuracy"] == {"full_only": 2, "row_only": 0, "mcnemar_p": 0.5}
+    assert vs["appearance_accuracy"]["mcnemar_p"] == 1.0
+    assert vs["drift"]["mean_difference"] == pytest.approx(0.2)
+    assert vs["drift"]["interval"] == pytest.approx((0.2, 0.2))  # no spread
+    lo, hi = rows["full AYG"]["motion_accuracy_interval"]
+    assert (lo, hi) == pytest.approx(records_wilson(4, 4))
+    assert "vs_full" not in rows["full AYG"]
+    text = ablations.format_table(list(rows.values()), ["x"])
+    assert "motion 2/0 p=0.500" in text and "drift +0.200 [+0.200, +0.200]" in text
+
+
+def records_wilson(k, n):
+    from ayg.evaluation.stats import wilson_interval
+
+    return wilson_interval(k, n)
 
 
 def test_run_jobs_appends_records_and_skips_recorded_runs(tmp_path, monkeypatch):
@@ -178,7 +234,13 @@ def test_bad_toy48_command_lines_end_in_one_line(tmp_path, capsys, argv, says):
 
 
 @pytest.mark.parametrize(
-    "argv, says", [(["--rows", "3,99"], "--rows"), (["--rows", "x"], "--rows")]
+    "argv, says",
+    [
+        (["--rows", "3,99"], "--rows"),
+        (["--rows", "x"], "--rows"),
+        (["--seeds", "0,x"], "--seeds"),
+        (["--seeds", "-1"], "--seeds"),
+    ],
 )
 def test_bad_ablation_rows_end_in_one_line(tmp_path, capsys, argv, says):
     with pytest.raises(SystemExit) as e:

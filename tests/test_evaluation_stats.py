@@ -34,3 +34,14 @@ def test_mcnemar_closed_forms_and_bad_input():
         wilson_interval(6, 5)
     with pytest.raises(ValueError, match=">= 0"):
         mcnemar_exact(-1, 2)
+
+
+def test_mean_interval_closed_form():
+    from ayg.evaluation.stats import Z95, mean_interval
+
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0, 4.0])
+    half = Z95 * (5.0 / 3.0) ** 0.5 / 2.0  # s² = 5/3, √n = 2
+    assert (mean, lo, hi) == pytest.approx((2.5, 2.5 - half, 2.5 + half))
+    assert mean_interval([0.7]) == (0.7, 0.7, 0.7)
+    with pytest.raises(ValueError, match="at least one"):
+        mean_interval([])

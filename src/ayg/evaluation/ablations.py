@@ -5,14 +5,21 @@ prompts with the same seed, then ``ayg.evaluate`` scores the assets with the toy
 The table holds appearance accuracy, motion accuracy, motion amount, drift and view
 consistency, each averaged over the row's runs.
 
-    python -m ayg.evaluation.ablations --prompts "a blue cone nodding,a red cube spinning" \\
-        --device cuda --workers 16 --out runs/ablations --set output.preview=false
+    python -m ayg.evaluation.ablations --seeds 0,1 --device cuda --workers 16 \\
+        --out runs/ablations --set output.preview=false          # TABLE_PROMPTS, every row
     python -m ayg.evaluation.ablations --summarize docs/results/ablations.jsonl
 
 Every finished run is appended to ``OUT/runs.jsonl`` (records of ``ayg.evaluation.records``,
 kind "ablation", the row's name in ``setting``); the same command again skips the runs recorded
-there. The paper's rows that need a model the toy world does not have (4D stage with MVDream,
-w/o initial 3D stage) are omitted; "w/o rigidity" is included for completeness.
+there, so a long table can be split over several calls (``--rows``, ``--seeds``) and their
+``runs.jsonl`` files summarized together. The paper's rows that need a model the toy world does
+not have (4D stage with MVDream, w/o initial 3D stage) are omitted; "w/o rigidity" is included
+for completeness.
+
+The summary gives, per row, the accuracies with 95 % Wilson intervals, the continuous metrics
+with normal-approximation 95 % intervals, and the row against "full AYG" on the same prompt–seed
+pairs: the exact McNemar p-value of each accuracy and the mean paired difference of drift and
+motion amount with its 95 % interval.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ayg.evaluation.records import RecordError, read_records
+from ayg.evaluation.stats import mcnemar_exact, mean_interval, paired_counts, wilson_interval
 from ayg.evaluation.toy48 import RunJob, check_jobs_input, run_jobs, split_prompts
 
 ROWS: list[tuple[str, list[str]]] = [
@@ -45,12 +53,29 @@ ROWS: list[tuple[str, list[str]]] = [
     ("stage 1 with CSD (paper's)", ['stage1.mode="csd"']),
 ]
 
-DEFAULT_PROMPTS = [
-    "a blue cone nodding",  # held-out pair: never seen moving by the video teacher
+# The table's prompts, fixed before any run: 4 per shape, every motion, 7 of them held-out pairs
+# (red ball, yellow cube, blue cone, green ring: never seen moving by the video teacher).
+TABLE_PROMPTS = [
+    "a red ball spinning",
+    "a red ball swaying",
+    "a green ball nodding",
+    "a blue ball spinning",
+    "a yellow cube swaying",
+    "a yellow cube nodding",
     "a red cube spinning",
-    "a green ball swaying",
-    "a yellow ring nodding",
+    "a blue cube swaying",
+    "a blue cone nodding",
+    "a blue cone spinning",
+    "a green cone swaying",
+    "a yellow cone spinning",
+    "a green ring spinning",
+    "a yellow ring swaying",
+    "a red ring nodding",
+    "a blue ring spinning",
 ]
+DEFAULT_PROMPTS = TABLE_PROMPTS
+ACCURACIES = ("motion_accuracy", "appearance_accuracy")
+CONTINUOUS = ("drift", "motion_amount")
 
 METRICS = ("appearance_accuracy", "motion_accuracy", "motion_amount", "drift", "view_consistency")
 
@@ -60,15 +85,15 @@ def ablation_jobs(
     rows: Sequence[int],
     out: str | Path,
     device: str = "cpu",
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
     overrides: Sequence[str] = (),
 ) -> list[RunJob]:
-    """One job per row and prompt: ``overrides`` for every row, then the row's own."""
+    """One job per row, seed and prompt: ``overrides`` for every row, then the row's own."""
     out = Path(out)
     return [
         RunJob(
             prompt,
-            str(out / f"row{r:02d}" / f"p{p:02d}"),
+            str(out / f"row{r:02d}" / f"s{seed}" / f"p{p:02d}"),
             device,
             seed,
             (*overrides, *ROWS[r][1]),
@@ -76,6 +101,7 @@ def ablation_jobs(
             setting=ROWS[r][0],
         )
         for r in rows
+        for seed in seeds
         for p, prompt in enumerate(prompts)
     ]
 
@@ -85,20 +111,49 @@ def _mean(values: Sequence[Any]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
+def _by_pair(records: Sequence[dict[str, Any]]) -> dict[tuple[str, Any], dict[str, Any]]:
+    return {(r["prompt"], r["seed"]): r["metrics"] for r in records}
+
+
 def table(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per row of ``ROWS`` (in that order) that has records: the row's name, its
-    number of runs and each metric averaged over them."""
+    number of runs, each metric averaged over them, the intervals, and the paired comparison
+    with "full AYG" (``vs_full``) on the prompt–seed pairs both rows ran."""
     out = []
+    full = _by_pair([r for r in records if r.get("setting") == ROWS[0][0]])
     for name, _ in ROWS:
         mine = [r for r in records if r.get("setting") == name]
-        if mine:
-            out.append(
-                {
-                    "row": name,
-                    "runs": len(mine),
-                    **{m: _mean([r["metrics"].get(m) for r in mine]) for m in METRICS},
-                }
-            )
+        if not mine:
+            continue
+        row: dict[str, Any] = {
+            "row": name,
+            "runs": len(mine),
+            **{m: _mean([r["metrics"].get(m) for r in mine]) for m in METRICS},
+        }
+        for m in ACCURACIES:
+            vals = [r["metrics"].get(m) for r in mine if r["metrics"].get(m) is not None]
+            if vals:
+                row[f"{m}_interval"] = wilson_interval(int(sum(v >= 0.5 for v in vals)), len(vals))
+        for m in CONTINUOUS:
+            vals = [float(r["metrics"][m]) for r in mine if r["metrics"].get(m) is not None]
+            if vals:
+                row[f"{m}_interval"] = mean_interval(vals)[1:]
+        if name != ROWS[0][0] and full:
+            pairs = [(full[k], v) for k, v in _by_pair(mine).items() if k in full]
+            vs: dict[str, Any] = {"pairs": len(pairs)}
+            for m in ACCURACIES:
+                both = [(a.get(m), b.get(m)) for a, b in pairs]
+                both = [(a >= 0.5, b >= 0.5) for a, b in both if a is not None and b is not None]
+                if both:
+                    b, c = paired_counts([x for x, _ in both], [y for _, y in both])
+                    vs[m] = {"full_only": b, "row_only": c, "mcnemar_p": mcnemar_exact(b, c)}
+            for m in CONTINUOUS:
+                diffs = [float(b[m]) - float(a[m]) for a, b in pairs if m in a and m in b]
+                if diffs:
+                    mean, lo, hi = mean_interval(diffs)
+                    vs[m] = {"mean_difference": mean, "interval": (lo, hi)}
+            row["vs_full"] = vs
+        out.append(row)
     return out
 
 
@@ -108,6 +163,32 @@ def format_table(rows: Sequence[dict[str, Any]], prompts: Sequence[str]) -> str:
     for row in rows:
         cells = " ".join(f"{row[m]:14.3f}" for m in METRICS)
         lines.append(f"{row['row']:28s} {row['runs']:4d} {cells}")
+    lines += ["", "95 % intervals, and each row against full AYG on the same prompt-seed pairs:"]
+    for row in rows:
+
+        def ci(m: str, row: dict[str, Any] = row) -> str:
+            iv = row.get(f"{m}_interval")
+            return "-" if iv is None else f"[{iv[0]:.2f}, {iv[1]:.2f}]"
+
+        text = (
+            f"{row['row']:28s} motion {ci('motion_accuracy')} appearance "
+            f"{ci('appearance_accuracy')} drift {ci('drift')} amount {ci('motion_amount')}"
+        )
+        vs = row.get("vs_full")
+        if vs:
+            parts = [f"{vs['pairs']} pairs"]
+            for m in ACCURACIES:
+                if m in vs:
+                    v = vs[m]
+                    parts.append(
+                        f"{m.split('_')[0]} {v['full_only']}/{v['row_only']} p={v['mcnemar_p']:.3f}"
+                    )
+            for m in CONTINUOUS:
+                if m in vs:
+                    d, (lo, hi) = vs[m]["mean_difference"], vs[m]["interval"]
+                    parts.append(f"{m} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+            text += "\n" + " " * 29 + "vs full: " + ", ".join(parts)
+        lines.append(text)
     return "\n".join(lines)
 
 
@@ -122,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/ablations")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=2, help="parallel runs (processes)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1")
     ap.add_argument("--set", action="append", default=[], help="extra overrides for every row")
     ap.add_argument(
         "--summarize",
@@ -155,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(
             f"--rows takes row numbers 0..{len(ROWS) - 1} separated by commas, got {args.rows!r}"
         )
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or any(x < 0 for x in seeds):
+        ap.error(f"--seeds takes non-negative integers separated by commas, got {args.seeds!r}")
     check_jobs_input(ap, prompts, args.set)
     for r in rows:  # every row's overrides must apply too
         check_jobs_input(ap, prompts[:1], [*args.set, *ROWS[r][1]])
@@ -163,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = ablation_jobs(prompts, rows, out, args.device, args.seed, args.set)
+    jobs = ablation_jobs(prompts, rows, out, args.device, seeds, args.set)
     t0 = time.perf_counter()
     records = run_jobs(jobs, out / "runs.jsonl", args.workers)
     rows_out = table(records)

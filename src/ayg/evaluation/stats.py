@@ -42,3 +42,17 @@ def paired_counts(first: list[bool], second: list[bool]) -> tuple[int, int]:
     b = sum(1 for x, y in zip(first, second, strict=True) if x and not y)
     c = sum(1 for x, y in zip(first, second, strict=True) if y and not x)
     return b, c
+
+
+def mean_interval(values: list[float], z: float = Z95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean with a normal-approximation 95 % interval, mean ± z·s/√n
+    (s the sample standard deviation; the interval is the mean itself for one value)."""
+    n = len(values)
+    if n == 0:
+        raise ValueError("a mean needs at least one value")
+    mean = sum(values) / n
+    if n == 1:
+        return mean, mean, mean
+    s = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = z * s / math.sqrt(n)
+    return mean, mean - half, mean + half
