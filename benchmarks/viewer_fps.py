@@ -35,7 +35,6 @@ steps differ from call to call, as they do while the animation plays.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -49,6 +48,7 @@ import torch
 from ayg.asset import Asset
 from ayg.deformation import DeformationField, Motion, Segment
 from ayg.gaussians import GaussianCloud, rgb_to_sh_dc
+from ayg.io_utils import write_json
 
 FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -236,20 +236,27 @@ def main_no_browser(args, assets) -> int:
                 f"{size} ({m['calls']} in {m['seconds']:.1f} s)",
                 flush=True,
             )
-    report = {
-        "device": args.device,
-        "device_name": torch.cuda.get_device_name(args.device)
+    device_name = (
+        torch.cuda.get_device_name(args.device)
         if args.device.startswith("cuda")
-        else platform.processor() or "cpu",
-        "browser": None,
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "resolution": args.resolution,
-        "results": results,
-    }
+        else platform.processor() or "cpu"
+    )
+    return write_report(args, results, device_name=device_name, browser=None)
+
+
+def write_report(args, results: list[dict], **extra) -> int:
+    """The machine, the settings and ``results`` to --json (when given); returns 0."""
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        report = {
+            "device": args.device,
+            **extra,
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "resolution": args.resolution,
+            "results": results,
+        }
+        write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0
 
@@ -323,20 +330,7 @@ def main(argv=None) -> int:
                     flush=True,
                 )
         browser.close()
-    report = {
-        "device": args.device,
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "browser_webgl": renderer,
-        "viewport": args.viewport,
-        "resolution": args.resolution,
-        "results": results,
-    }
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return 0
+    return write_report(args, results, browser_webgl=renderer, viewport=args.viewport)
 
 
 if __name__ == "__main__":
