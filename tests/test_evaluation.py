@@ -125,6 +125,28 @@ def test_committed_ablation_records_give_the_documented_table():
         assert r["overrides"] == ["output.preview=false", *dict(ablations.ROWS)[r["setting"]]]
 
 
+def test_committed_table_records_give_the_documented_rows_and_tests():
+    # docs/RESULTS.md, "Table 2 on today's preset": 4 rows × 16 prompts × seeds 0 and 1
+    rs = records.read_records([RESULTS / "ablations_table.jsonl"])
+    assert {r["commit"] for r in rs} == {"e7030c0"} and {r["seed"] for r in rs} == {0, 1}
+    assert {r["prompt"] for r in rs} == set(ablations.TABLE_PROMPTS)
+    rows = {r["row"]: r for r in ablations.table(rs)}
+    assert list(rows) == ["full AYG", "w/o JSD regularizer", "w/o motion amplification",
+                          "w/o image DM in stage 2"]  # fmt: skip
+    assert all(r["runs"] == 32 for r in rows.values())
+    assert rows["full AYG"]["motion_accuracy"] == pytest.approx(0.75)
+    ma = rows["w/o motion amplification"]
+    assert ma["motion_accuracy"] == pytest.approx(14 / 32)
+    assert ma["vs_full"]["motion_accuracy"]["full_only"] == 10
+    assert ma["vs_full"]["motion_accuracy"]["row_only"] == 0
+    assert ma["vs_full"]["motion_accuracy"]["mcnemar_p"] == pytest.approx(2 / 2**10)
+    jsd = rows["w/o JSD regularizer"]["vs_full"]
+    assert jsd["drift"]["mean_difference"] == pytest.approx(0.987, abs=5e-4)
+    assert jsd["motion_accuracy"]["mcnemar_p"] == pytest.approx(0.25)
+    for r in rs:
+        assert r["overrides"] == ["output.preview=false", *dict(ablations.ROWS)[r["setting"]]]
+
+
 def test_ablation_jobs_put_the_rows_overrides_last(tmp_path):
     jobs = ablations.ablation_jobs(
         ["a red cube spinning", "a blue cone nodding"],
