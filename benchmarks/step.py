@@ -22,7 +22,9 @@ the paper runtime with one lever changed at a time. Then every component
 of the step is timed alone (median of ``--reps`` CUDA-event timings) under ``naive`` and
 ``paper``, with its FLOPs (matrix products, convolutions and attention, counted by
 ``torch.utils.flop_counter``), its rate, and that rate as a share of a bf16 matrix product's rate
-measured first in the same run. The figures go to stdout and, with ``--json``, to a file; the
+measured first in the same run. The figures go to stdout and, with ``--json``, to a file
+(rewritten after the components and after each stage's loops with ``"complete": false``, so a run
+cut short keeps what it measured, and ``true`` once the report is whole); the
 paper pipeline's wall time is projected from the step times (stage 1 + stage 2 + the fine-tuning
 of C.9 at the paper's step counts, plus the measured one-time cost of the first steps).
 Prints figures; asserts nothing.
@@ -832,6 +834,15 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001
                 print(f"# render under {label} failed: {type(e).__name__}: {e}", flush=True)
 
+    def save(complete: bool) -> None:
+        """Write what is measured so far (a run cut short still leaves its figures)."""
+        if args.json is not None:
+            res["complete"] = complete
+            write_text(args.json, json.dumps(res, indent=2, sort_keys=True) + "\n")
+
+    res["components"] = comps  # per stage and runtime; the tables below are built from them
+    save(complete=False)
+
     # -- the stage loops --
     figs1: dict[str, StepFigures] = {}
     figs2: dict[str, StepFigures] = {}
@@ -847,6 +858,8 @@ def main() -> None:
 
         runs = [(k, rt, [mv, sd], loop1) for k, rt in rts.items() if k != "lowvram"]
         figs1 = run_loops("stage1", runs, device, args.warmup, args.iters)
+        res["stage1"] = {k: dataclasses.asdict(v) for k, v in figs1.items()}
+        save(complete=False)
         mv.offload()
         free_memory()
     if "2" in stages:
@@ -860,6 +873,8 @@ def main() -> None:
             loop = stage2_loop(vid, sd, cloud, s2fast, steps, fast.teachers.grad_frames)
             runs.append(("fast", runtime_of(fast.teachers), [vid, sd], loop))
         figs2 = run_loops("stage2", runs, device, args.warmup, args.iters)
+        res["stage2"] = {k: dataclasses.asdict(v) for k, v in figs2.items()}
+        save(complete=False)
 
     # -- report --
     for stage, figs in (("1", figs1), ("2", figs2)):
@@ -894,8 +909,8 @@ def main() -> None:
             print(f"# stage {stage}: naive / paper runtime step time = {ratio:.2f}")
     if "paper" in figs1 and "paper" in figs2:
         project(res)
+    save(complete=True)
     if args.json is not None:
-        write_text(args.json, json.dumps(res, indent=2, sort_keys=True) + "\n")
         print(f"# wrote {args.json}")
 
 

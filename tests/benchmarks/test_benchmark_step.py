@@ -26,6 +26,8 @@ def test_stage2_step_benchmark_on_tiny_teachers(tmp_path, video, frames, net):
     assert run.returncode == 0, run.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["video_teacher"] == video and res["commit"] == "test"
+    assert res["complete"] is True  # the partial writes along the way end in the full report
+    assert set(res["components"]["2"]) == {"naive", "paper"}
     assert set(res["stage2"]) == {"naive", "paper"}
     for figs in res["stage2"].values():
         assert len(figs["steps_s"]) == 2 and figs["step_s"] > 0  # warmup + timed
