@@ -234,6 +234,27 @@ def test_resume_equals_uninterrupted(tmp_path, stop_phase, stop_step):
     torch.testing.assert_close(resumed.positions(g), ref.positions(g), rtol=0, atol=0)
 
 
+def test_lowvram_trade_leaves_the_toy_world_run_unchanged(tmp_path):
+    # The 24 GB mode's trade (encoders that keep no activations and recompute their forward,
+    # 4 frames at a time) changes no maths; the toy world's teachers work in pixel space, so
+    # with the lowvram switches the same run gives the same asset bit for bit, and the toy
+    # motion figures hold for the trade unchanged (docs/results/step.md).
+    low = preset("lowvram").teachers
+    trade = [f'teachers.encoder_backward="{low.encoder_backward}"']
+    trade.append(f"teachers.encoder_chunk={low.encoder_chunk}")
+    assert trade != [f'teachers.encoder_backward="{preset("tiny").teachers.encoder_backward}"',
+                     f"teachers.encoder_chunk={preset('tiny').teachers.encoder_chunk}"]  # fmt: skip
+    generate("a red cube swaying", tmp_path / "ref", tiny(), progress=False)
+    generate("a red cube swaying", tmp_path / "low", tiny(*trade), progress=False)
+    a = load_file(str(tmp_path / "ref" / "asset.ayg"))
+    b = load_file(str(tmp_path / "low" / "asset.ayg"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    cfg = json.loads((tmp_path / "low" / "config.json").read_text())["config"]["teachers"]
+    assert (cfg["encoder_backward"], cfg["encoder_chunk"]) == (low.encoder_backward, 4)
+
+
 def run_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None
 ) -> subprocess.CompletedProcess:
