@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -305,3 +306,50 @@ def test_run_job_generates_with_its_settings_and_scores_the_asset(tmp_path, monk
     assert set(rec["metrics"]) == set(toy48.METRICS)
     assert rec["metrics"]["motion_amount"] == 0.0  # a cloud without motion
     assert rec["metrics"]["motion_accuracy"] in (0.0, 1.0)
+
+
+def test_pool_workers_are_spread_over_the_visible_gpus(monkeypatch):
+    import multiprocessing as mp
+
+    import torch
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # leave the test process be
+    counter = mp.get_context("spawn").Value("i", 0)
+    for _ in range(7):
+        toy48._worker_init(counter)
+    assert calls == [0, 1, 2, 0, 1, 2, 0]  # worker k on GPU k mod 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    toy48._worker_init(counter)
+    toy48._worker_init()  # CPU jobs: no counter, no GPU
+    assert calls == [0, 1, 2, 0, 1, 2, 0]
+
+
+@pytest.mark.parametrize("device,counted", [("cuda", True), ("cpu", False)])
+def test_run_jobs_hands_worker_numbers_out_for_gpu_jobs_only(
+    monkeypatch, tmp_path, device, counted
+):
+    seen = {}
+
+    class FakePool:
+        def __init__(self, workers, initializer, initargs):
+            seen.update(workers=workers, initializer=initializer, initargs=initargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def imap_unordered(self, fn, jobs):
+            return iter(())
+
+    context = SimpleNamespace(Value=lambda code, value: ("counter", code, value), Pool=FakePool)
+    monkeypatch.setattr(toy48.mp, "get_context", lambda method: context)
+    jobs = [toy48.RunJob("a red cube spinning", str(tmp_path / "a"), device=device)]
+    assert toy48.run_jobs(jobs, tmp_path / "runs.jsonl", workers=4) == []
+    assert seen["workers"] == 4 and seen["initializer"] is toy48._worker_init
+    assert seen["initargs"] == ((("counter", "i", 0),) if counted else ())

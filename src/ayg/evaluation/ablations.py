@@ -12,7 +12,8 @@ consistency, each averaged over the row's runs.
 Every finished run is appended to ``OUT/runs.jsonl`` (records of ``ayg.evaluation.records``,
 kind "ablation", the row's name in ``setting``); the same command again skips the runs recorded
 there, so a long table can be split over several calls (``--rows``, ``--seeds``) and their
-``runs.jsonl`` files summarized together. The paper's rows that need a model the toy world does
+``runs.jsonl`` files summarized together. With ``--device cuda`` the workers are spread over
+every visible GPU (``ayg.evaluation.toy48.run_jobs``). The paper's rows that need a model the toy world does
 not have (4D stage with MVDream, w/o initial 3D stage) are omitted; "w/o rigidity" is included
 for completeness.
 

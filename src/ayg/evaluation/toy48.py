@@ -10,8 +10,10 @@ never saw moving, so their motion comes from composing the teachers.
 Each prompt runs in a worker process (one generate, then one evaluation); every finished run is
 appended to ``OUT/runs.jsonl`` as a record of ``ayg.evaluation.records`` at once, so an
 interrupted call keeps what it finished; the same command again skips the runs recorded there
-and resumes the unfinished ones. The summary (per seed and over all runs) is printed and written to
-``OUT/summary.json``.
+and resumes the unfinished ones. With ``--device cuda`` on a machine with several GPUs the
+workers are spread over all of them, worker k on GPU k mod G (processes on one GPU take turns
+on it, so more GPUs is what makes a table faster). The summary (per seed and
+over all runs) is printed and written to ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -114,10 +116,20 @@ def run_job(job: RunJob) -> dict[str, Any]:
     )
 
 
-def _worker_init() -> None:
+def _worker_init(counter=None) -> None:
+    """A pool worker: one CPU thread, and with ``counter`` (a shared integer handing out worker
+    numbers) its own GPU, worker k on GPU k mod G when G > 1 GPUs are visible, so that a job's
+    "cuda" device is that GPU."""
     import torch
 
     torch.set_num_threads(1)  # workers share the machine's cores
+    if counter is None:
+        return
+    with counter.get_lock():
+        k = counter.value
+        counter.value += 1
+    if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        torch.cuda.set_device(k % torch.cuda.device_count())
 
 
 def _key(kind: str, prompt: str, seed: int | None, overrides, setting: str | None) -> tuple:
@@ -154,7 +166,10 @@ def run_jobs(
         for job in jobs:
             keep(run_job(job))
         return records
-    with mp.get_context("spawn").Pool(workers, initializer=_worker_init) as pool:
+    ctx = mp.get_context("spawn")
+    on_gpu = any(str(j.device).startswith("cuda") for j in jobs)
+    init_args = (ctx.Value("i", 0),) if on_gpu else ()
+    with ctx.Pool(workers, initializer=_worker_init, initargs=init_args) as pool:
         for record in pool.imap_unordered(run_job, jobs):
             keep(record)
     return records
