@@ -13,9 +13,9 @@ Every finished run is appended to ``OUT/runs.jsonl`` (records of ``ayg.evaluatio
 kind "ablation", the row's name in ``setting``); the same command again skips the runs recorded
 there, so a long table can be split over several calls (``--rows``, ``--seeds``) and their
 ``runs.jsonl`` files summarized together. With ``--device cuda`` the workers are spread over
-every visible GPU (``ayg.evaluation.toy48.run_jobs``). The paper's rows that need a model the toy world does
-not have (4D stage with MVDream, w/o initial 3D stage) are omitted; "w/o rigidity" is included
-for completeness.
+every visible GPU (``ayg.evaluation.toy48.run_jobs``). The paper's rows that need a model the
+toy world does not have (4D stage with MVDream, w/o initial 3D stage) are omitted; "w/o
+rigidity" is included for completeness.
 
 The summary gives, per row, the accuracies with 95 % Wilson intervals, the continuous metrics
 with normal-approximation 95 % intervals, and the row against "full AYG" on the same prompt–seed
