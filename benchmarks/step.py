@@ -846,6 +846,7 @@ def main() -> None:
     # -- the stage loops --
     figs1: dict[str, StepFigures] = {}
     figs2: dict[str, StepFigures] = {}
+    res["stage1"], res["stage2"] = {}, {}  # each filled once its loops have run
     if "1" in stages:
         if vid is not None:
             vid.offload()
@@ -889,7 +890,6 @@ def main() -> None:
                 figs["naive"].step_s,
                 figs["paper"].step_s,
             )
-        res[f"stage{stage}"] = {k: dataclasses.asdict(v) for k, v in figs.items()}
     keys = {
         ("1", "paper"): ("stage1_step_s", "stage1_peak_gib"),
         ("1", "naive"): ("naive_stage1_step_s", "naive_stage1_peak_gib"),

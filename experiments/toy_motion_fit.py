@@ -16,7 +16,7 @@ centres (p at τ = 0, q at τ):
   displacement of its 16 nearest rest neighbours: 1 when neighbourhoods move together (a smooth
   deformation), about 0 when every Gaussian moves its own way.
 
-``explained`` = 1 − mean ‖q − model(p)‖ / mean ‖q − p‖, as in ``toy_spin_fit``.
+``explained`` = 1 − mean ‖q − model(p)‖ / mean ‖q − p‖ (``toy_spin_fit.explained_share``).
 
 With ``--classify`` the toy motion classifier scores, from the 8 azimuths of ``ayg.evaluate``,
 the asset and versions of it whose centres follow one model (the rest of the asset unchanged):
@@ -45,45 +45,33 @@ from torch import Tensor
 
 from ayg.asset import Asset
 from ayg.regularizers import knn_indices
-from experiments.toy_spin_fit import spin_fit
+from experiments.toy_spin_fit import explained_share, spin_fit
 from tools.toyworld import scene
 
 NEIGHBOURS = 16
 REPLAYS = ("asset", "fit-bend", "fit-spin", "residual", "world-sway", "world-spin")
 
 
-def bend_weight(p: Tensor) -> Tensor:
-    """w = h² of the world's bend at rest positions p (..., 3)."""
-    h = ((p[..., 2] - scene.BEND_BASE_Z) / scene.BEND_HEIGHT).clamp(min=0.0)
-    return h * h
-
-
 def bend_amounts(positions: Tensor, axis: int) -> Tensor:
     """positions (T, N, 3), positions[0] the rest pose -> (T,) least-squares bend amounts along
     ``axis`` (0 = x, 1 = y) of every time (0 at τ = 0)."""
     p = positions[0].double()
-    w = bend_weight(p)
+    w = scene.bend_profile(p[:, 2])
     denom = (w * w).sum().clamp(min=1e-12)
     return ((positions.double()[..., axis] - p[:, axis]) * w).sum(-1) / denom
 
 
-def _explained(p: Tensor, q: Tensor, model: Tensor) -> float:
-    moved = float((q - p).norm(dim=-1).mean())
-    left = float((q - model).norm(dim=-1).mean())
-    return 1.0 - left / moved if moved > 0 else 0.0
-
-
 def _bend_model(p: Tensor, ax: Tensor, ay: Tensor) -> Tensor:
-    """Rest positions p (N, 3) bent by top displacements ax, ay (broadcast: (T, 1) or scalars)."""
-    w = bend_weight(p)
-    return torch.stack([p[..., 0] + ax * w, p[..., 1] + ay * w, p[..., 2].expand_as(ax * w)], -1)
+    """Positions p (..., N, 3) bent by the world's bend with top displacements ax along x and ay
+    along y (broadcast against p[..., 0]); a bend keeps z, so the two compose."""
+    return scene.bend(scene.bend(p, ax, 0), ay, 1)
 
 
 def affine_explained(p: Tensor, q: Tensor) -> float:
     """Share of the mean displacement p -> q (N, 3) that the least-squares affine map explains."""
     x = torch.cat([p, torch.ones_like(p[:, :1])], 1)
     model = x @ torch.linalg.lstsq(x, q).solution
-    return _explained(p, q, model)
+    return explained_share(p, q, model)
 
 
 def local_coherence(d: Tensor, near: Tensor | None) -> float:
@@ -116,7 +104,7 @@ def motion_fit(positions: Tensor) -> list[dict]:
             {
                 "nod": float(ax[i]),
                 "sway": float(ay[i]),
-                "bend_explained": _explained(p, q, _bend_model(p, ax[i], ay[i])),
+                "bend_explained": explained_share(p, q, _bend_model(p, ax[i], ay[i])),
                 "spin_degrees": spin["degrees"],
                 "spin_explained": spin["explained"],
                 "affine_explained": affine_explained(p, q),
@@ -158,7 +146,7 @@ def _fit_spin(rest: Tensor, g: Tensor, q: Tensor) -> Tensor:
 
 
 def _fit_bend(rest: Tensor, g: Tensor, q: Tensor) -> Tensor:
-    return _bend_model(rest, *_fitted_bend(rest, q))
+    return _bend_model(_expand(rest, g), *_fitted_bend(rest, q))
 
 
 def _residual(rest: Tensor, g: Tensor, q: Tensor) -> Tensor:

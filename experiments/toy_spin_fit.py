@@ -23,6 +23,14 @@ from torch import Tensor
 from tools.toyworld.scene import rotate_z, spin_angle
 
 
+def explained_share(p: Tensor, q: Tensor, model: Tensor) -> float:
+    """1 − mean ‖q − model‖ / mean ‖q − p‖ over the points (N, 3): the share of the mean
+    displacement p -> q that ``model`` (where the model moves p) explains; 0 when nothing moves."""
+    moved = float((q - p).norm(dim=-1).mean())
+    left = float((q - model).norm(dim=-1).mean())
+    return 1.0 - left / moved if moved > 0 else 0.0
+
+
 def spin_fit(positions: Tensor) -> list[dict]:
     """positions (T, N, 3), positions[0] at τ = 0 -> for each later time, {"degrees": θ of the
     best turn about z, "explained": share of the mean displacement that turn explains}."""
@@ -34,10 +42,7 @@ def spin_fit(positions: Tensor) -> list[dict]:
         cross = (p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum()
         dot = (p[:, 0] * q[:, 0] + p[:, 1] * q[:, 1]).sum()
         theta = torch.atan2(cross, dot)
-        turned = rotate_z(p, theta)
-        moved = float((q - p).norm(dim=-1).mean())
-        left = float((q - turned).norm(dim=-1).mean())
-        explained = 1.0 - left / moved if moved > 0 else 0.0
+        explained = explained_share(p, q, rotate_z(p, theta))
         rows.append({"degrees": math.degrees(float(theta)), "explained": explained})
     return rows
 

@@ -42,7 +42,7 @@ def test_recovers_the_worlds_sway_nod_and_spin():
 
 def test_a_diagonal_bend_affine_maps_and_noise():
     p = _cube_points(1000, 1)
-    w = fit.bend_weight(p)
+    w = scene.bend_profile(p[:, 2])
     diagonal = p + torch.stack([0.1 * w, -0.2 * w, 0 * w], -1)  # a bend in no axis direction
     sheared = p @ torch.tensor([[1.0, 0.1, 0.0], [0.0, 1.0, 0.0], [0.2, 0.0, 1.0]]) + 0.05
     noise = p + 0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2))

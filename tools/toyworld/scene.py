@@ -182,7 +182,8 @@ def bend_amount(tau: Tensor, motion: str) -> Tensor:
     return bend_wave(tau, BEND_CYCLES[motion])
 
 
-def _bend_profile(z: Tensor) -> Tensor:
+def bend_profile(z: Tensor) -> Tensor:
+    """h² of the bend at height z: h = (z − BEND_BASE_Z) / BEND_HEIGHT, clamped at 0."""
     h = ((z - BEND_BASE_Z) / BEND_HEIGHT).clamp(min=0.0)
     return h * h
 
@@ -197,7 +198,7 @@ def rotate_z(points: Tensor, angle: Tensor) -> Tensor:
 def bend(points: Tensor, amount: Tensor, axis: int) -> Tensor:
     """points (..., 3) bent along ``axis`` (0 = x, 1 = y): each moves by amount·h², h its
     height above BEND_BASE_Z over BEND_HEIGHT (``amount`` broadcast against points[..., 0])."""
-    shift = amount * _bend_profile(points[..., 2])
+    shift = amount * bend_profile(points[..., 2])
     return torch.cat(
         [points[..., :axis], (points[..., axis] + shift).unsqueeze(-1), points[..., axis + 1 :]],
         dim=-1,

@@ -12,8 +12,8 @@ appended to ``OUT/runs.jsonl`` as a record of ``ayg.evaluation.records`` at once
 interrupted call keeps what it finished; the same command again skips the runs recorded there
 and resumes the unfinished ones. With ``--device cuda`` on a machine with several GPUs the
 workers are spread over all of them, worker k on GPU k mod G (processes on one GPU take turns
-on it, so more GPUs is what makes a table faster). The summary (per seed and
-over all runs) is printed and written to ``OUT/summary.json``.
+on it, so more GPUs is what makes a table faster). The summary (per seed and over all runs) is
+printed and written to ``OUT/summary.json``.
 """
 
 from __future__ import annotations
