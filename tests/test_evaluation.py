@@ -127,14 +127,14 @@ def test_committed_ablation_records_give_the_documented_table():
 
 
 def test_committed_table_records_give_the_documented_rows_and_tests():
-    # docs/RESULTS.md, "Table 2 on today's preset": 4 rows × 16 prompts × seeds 0 and 1
+    # docs/RESULTS.md, "Table 2 on today's preset": 8 rows × 16 prompts × seeds 0 and 1
     rs = records.read_records([RESULTS / "ablations_table.jsonl"])
-    assert {r["commit"] for r in rs} == {"e7030c0"} and {r["seed"] for r in rs} == {0, 1}
+    assert {r["commit"] for r in rs} == {"e7030c0", "7b49d60"} and {r["seed"] for r in rs} == {0, 1}
     assert {r["prompt"] for r in rs} == set(ablations.TABLE_PROMPTS)
     rows = {r["row"]: r for r in ablations.table(rs)}
-    assert list(rows) == ["full AYG", "w/o JSD regularizer", "w/o motion amplification",
-                          "w/o image DM in stage 2"]  # fmt: skip
-    assert all(r["runs"] == 32 for r in rows.values())
+    assert list(rows) == [name for name, _ in ablations.ROWS[:2] + ablations.ROWS[3:9]]
+    assert all(r["runs"] == 32 and r["vs_full"]["pairs"] == 32 for r in list(rows.values())[1:])
+    assert rows["full AYG"]["runs"] == 32
     assert rows["full AYG"]["motion_accuracy"] == pytest.approx(0.75)
     ma = rows["w/o motion amplification"]
     assert ma["motion_accuracy"] == pytest.approx(14 / 32)
@@ -144,6 +144,16 @@ def test_committed_table_records_give_the_documented_rows_and_tests():
     jsd = rows["w/o JSD regularizer"]["vs_full"]
     assert jsd["drift"]["mean_difference"] == pytest.approx(0.987, abs=5e-4)
     assert jsd["motion_accuracy"]["mcnemar_p"] == pytest.approx(0.25)
+    sds = rows["SDS instead of CSD"]
+    assert sds["motion_accuracy"] == pytest.approx(15 / 32)
+    c = sds["vs_full"]["motion_accuracy"]
+    assert (c["full_only"], c["row_only"]) == (10, 1)
+    assert c["mcnemar_p"] == pytest.approx(2 * 12 / 2**11)  # P(X <= 1), X ~ Bin(11, 1/2), twice
+    assert sds["vs_full"]["motion_amount"]["interval"][1] < 0
+    static = rows["w/o dynamic cameras"]["vs_full"]["motion_accuracy"]
+    assert (static["full_only"], static["row_only"]) == (1, 4)
+    assert static["mcnemar_p"] == pytest.approx(2 * 6 / 2**5)
+    assert rows["fps 4 only"]["vs_full"]["motion_amount"]["interval"][0] > 0
     for r in rs:
         assert r["overrides"] == ["output.preview=false", *dict(ablations.ROWS)[r["setting"]]]
 
