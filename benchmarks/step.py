@@ -17,8 +17,10 @@ encoded at 480×832). The steps are the product's own loops, ``ayg.stages.run_st
 Each step is timed under several runtimes (``ayg.teachers.runtime``) on the same weights:
 ``naive`` (plain eager bf16: every encoder activation stored, no CUDA graphs, NCHW, no cuDNN
 autotuning, no TF32), ``paper`` (the paper preset's ``teachers.*`` settings), ``lowvram`` (the
-``lowvram`` preset's), for stage 2 the ``fast`` preset's smaller step and, with ``--variants``,
-the paper runtime with one lever changed at a time. Then every component
+``lowvram`` preset's), for stage 2 the ``fast`` preset's smaller step and the paper step with
+the image teacher given the video teacher's VAE (``shared``: what a pair of checkpoints with
+equal encoders costs, one encoder pass over the frames instead of two) and, with
+``--variants``, the paper runtime with one lever changed at a time. Then every component
 of the step is timed alone (median of ``--reps`` CUDA-event timings) under ``naive`` and
 ``paper``, with its FLOPs (matrix products, convolutions and attention, counted by
 ``torch.utils.flop_counter``), its rate, and that rate as a share of a bf16 matrix product's rate
@@ -868,6 +870,9 @@ def main() -> None:
         runs = []
         for label, rt in rts.items():
             runs.append((label, rt, [vid, sd], stage2_loop(vid, sd, cloud, s2cfg, steps, None)))
+        if "shared" not in skip and "paper" in rts and hasattr(vid, "same_encoder"):
+            loop = stage2_loop(vid, sd, cloud, s2cfg, steps, None)
+            runs.append(("shared", rts["paper"], [vid, sd], with_shared_vae(vid, sd, loop)))
         if "fast" not in skip and not args.tiny:
             fast = preset("fast")
             s2fast = stage2_defaults(fast.stage2, vid)
@@ -897,6 +902,7 @@ def main() -> None:
         ("2", "naive"): ("naive_stage2_step_s", "naive_stage2_peak_gib"),
         ("2", "lowvram"): ("lowvram_stage2_step_s", "lowvram_peak_gib"),
         ("2", "fast"): ("fast_stage2_step_s", "fast_stage2_peak_gib"),
+        ("2", "shared"): ("shared_encoder_stage2_step_s", "shared_encoder_stage2_peak_gib"),
     }
     for (stage, label), (step_key, peak_key) in keys.items():
         figs = figs1 if stage == "1" else figs2
@@ -923,6 +929,24 @@ def stage2_loop(vid, sd, cloud, cfg2: Stage2Config, steps: int, grad_frames: int
         return run_stage2(PROMPT, cfg2, cloud, motion, teachers, ctx, 1, grad_frames)
 
     return loop
+
+
+def with_shared_vae(vid, sd, loop):
+    """``loop`` with the image teacher holding the video teacher's VAE: the step of two
+    checkpoints whose encoders are equal, where run_stage2 encodes each frame once. (The random
+    weights of two separately built VAEs differ, so the other loops encode twice.)"""
+
+    def run(ctx):
+        own = sd.vae
+        sd.vae = vid.vae
+        try:
+            if not vid.same_encoder(sd):
+                raise RuntimeError("the swapped-in VAE is not seen as the same encoder")
+            return loop(ctx)
+        finally:
+            sd.vae = own
+
+    return run
 
 
 def project(res: dict) -> None:

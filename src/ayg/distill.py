@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -65,6 +65,26 @@ class Conditioning:
         cams = None if self.cameras is None else self.cameras.cat([self.cameras] * k)
         fps = None if self.fps is None else self.fps.repeat(k)
         return Conditioning(cameras=cams, fps=fps)
+
+
+class Posterior(NamedTuple):
+    """A VAE's posterior over the latents of frames, ``mean`` and ``std`` each (B, F, c, h, w)
+    in the encoder's own units (before shift and scale): one encoder pass, which two teachers
+    with the same encoder can share (``LatentTeacher.encode_posterior``, ``.latents``)."""
+
+    mean: Tensor
+    std: Tensor
+
+    def frames(self, idx: Tensor) -> Posterior:
+        """The frames ``idx`` (B, k) of each sequence: mean and std (B, k, c, h, w)."""
+        index = idx.to(self.mean.device)[(...,) + (None,) * (self.mean.ndim - 2)]
+        index = index.expand(-1, -1, *self.mean.shape[2:])
+        return Posterior(self.mean.gather(1, index), self.std.gather(1, index))
+
+    def as_images(self) -> Posterior:
+        """(B, F, ...) -> (B·F, 1, ...): each frame its own sample, as an image teacher sees
+        the frames of sequences."""
+        return Posterior(*(x.reshape(-1, 1, *x.shape[2:]) for x in self))
 
 
 @runtime_checkable
@@ -454,6 +474,7 @@ def distill_loss(
     cond: Conditioning | None = None,
     views: Sequence[str] | None = None,
     sync: bool = True,
+    posterior: Posterior | None = None,
 ) -> tuple[Tensor, dict[str, float | Tensor]]:
     """The surrogate loss of one teacher term and its statistics.
 
@@ -469,16 +490,30 @@ def distill_loss(
     first would divide each frame's gradient by F once more.
     The statistics are floats, or with ``sync=False`` detached 0-dim tensors: reading them
     waits for the GPU, which a training step should do only when it logs.
+    ``posterior``: the frames' posterior (B, F, c, h, w), already computed by a teacher with
+    the same encoder (``teacher.same_encoder``); the latents are then drawn from it with the
+    draws ``teacher.encode`` would make, and the encoder does not run again. Every frame keeps
+    its gradient then (``term.grad_frames`` unset).
     """
     sequences = images.shape[0] if images.ndim == 5 else 0
     if teacher.frames == 1 and images.ndim == 5 and images.shape[1] > 1:
         images = images.reshape(-1, 1, *images.shape[2:])  # (B·F, 1, 3, H, W)
+        if posterior is not None:
+            posterior = posterior.as_images()
     batch = images.shape[0]
     _check_inputs(teacher, term, images, views, batch)
 
-    latents = teacher.encode(
-        images, grad_frames=term.grad_frames, generator=generator
-    )  # (B, F, c, h, w)
+    if posterior is None:
+        latents = teacher.encode(images, grad_frames=term.grad_frames, generator=generator)
+    else:
+        if term.grad_frames is not None:
+            raise ValueError("a shared posterior keeps every frame's gradient: unset grad_frames")
+        if posterior.mean.shape[:2] != images.shape[:2]:
+            raise ValueError(
+                f"the posterior has {tuple(posterior.mean.shape[:2])} sequences × frames, the "
+                f"images {tuple(images.shape[:2])}"
+            )
+        latents = teacher.latents(posterior, generator)  # (B, F, c, h, w)
     latents = latents.float()
     device = latents.device
 

@@ -6,7 +6,9 @@
   amplification, eq. 23–24) plus the image teacher on 3 random frames and the middle frame;
   λ_JSD·JSD (C.5) and λ_rig·rigidity (C.4), dynamic cameras (C.6) and fps sampling (C.3).
   The clip length and the default negative prompt are the video teacher's
-  (:func:`stage2_defaults`: 16 frames for a UNet3D teacher, 4k + 1 for Wan).
+  (:func:`stage2_defaults`: 16 frames for a UNet3D teacher, 4k + 1 for Wan). When the two
+  teachers' VAE encoders are equal, the image teacher's frames come from the video teacher's
+  encoder pass (the same latents and draws, one encoder pass fewer).
   The same loop trains an extension or loop segment (sec. 3.4) with the interpolation
   regulariser, earlier segments frozen.
 * fine-tuning (C.9) reuses both with other settings.
@@ -613,6 +615,15 @@ def run_stage2(
     if image is not None:
         prime_prompts(image, im_term, prompt)
 
+    # one encoder pass over the frames serves both teachers when their encoders are equal
+    # (the SD autoencoder of a UNet3D video teacher and SD): the same latents, the same draws
+    share_posterior = (
+        image is not None
+        and vid_term.grad_frames is None
+        and im_term.grad_frames is None
+        and callable(getattr(video, "same_encoder", None))
+        and video.same_encoder(image)
+    )
     B, F, H, W = cfg.batch, cfg.frames, cfg.height, cfg.width
     bar = _progress(cfg.steps, start, phase, ctx.progress)
     _reset_peak_memory(device)
@@ -635,8 +646,17 @@ def run_stage2(
         )
         frames = out.rgb.view(B, F, 3, H, W)
 
+        post = video.encode_posterior(frames) if share_posterior else None
         l_vid, s_vid = distill_loss(
-            video, vid_term, frames, prompt, step, generator, Conditioning(fps=fps), sync=False
+            video,
+            vid_term,
+            frames,
+            prompt,
+            step,
+            generator,
+            Conditioning(fps=fps),
+            sync=False,
+            posterior=post,
         )
         loss = l_vid
         stats = {f"vid_{k}": v for k, v in s_vid.items()}
@@ -644,7 +664,10 @@ def run_stage2(
             idx = image_frame_indices(B, F, cfg.image_frames, generator).to(device)  # (B, k)
             picked = torch.gather(frames, 1, idx[:, :, None, None, None].expand(-1, -1, 3, H, W))
             # (B, k, 3, H, W): each picked frame one image sample, at the video frames' scale
-            l_im, s_im = distill_loss(image, im_term, picked, prompt, step, generator, sync=False)
+            im_post = None if post is None else post.frames(idx)
+            l_im, s_im = distill_loss(
+                image, im_term, picked, prompt, step, generator, sync=False, posterior=im_post
+            )
             loss = loss + l_im
             stats.update({f"im_{k}": v for k, v in s_im.items()})
         delta = positions - canon[None]  # (B·F, N, 3) displacement of this segment
@@ -690,5 +713,7 @@ def run_stage2(
     if bar is not None:
         bar.close()
     trained.requires_grad_(False)
-    ctx.log.write(phase, cfg.steps, _phase_record(device, t0, skipped))
+    ctx.log.write(
+        phase, cfg.steps, {**_phase_record(device, t0, skipped), "shared_encoder": share_posterior}
+    )
     return motion

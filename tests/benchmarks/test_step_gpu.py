@@ -128,12 +128,15 @@ def frames():
     return out.rgb.view(4, 16, 3, 40, 64).clamp(0.0, 1.0)
 
 
-def frame_gradient(vid, sd, frames: torch.Tensor, steps: int = 2) -> list[torch.Tensor]:
+def frame_gradient(
+    vid, sd, frames: torch.Tensor, steps: int = 2, share: bool = False
+) -> list[torch.Tensor]:
     """d(loss)/d(frames) of the stage-2 teacher terms on fixed draws, for ``steps`` steps (the
-    second one replays the CUDA graphs captured in the first)."""
+    second one replays the CUDA graphs captured in the first). ``share``: the image teacher's
+    frames from the video teacher's encoder pass (their VAEs must be equal)."""
     cfg = preset("paper").stage2
     vid_term = TeacherTerm(
-        negative_prompt=cfg.negative_prompt,
+        negative_prompt=VideoTeacher.negative_prompt,  # stage2_defaults' for a UNet3D teacher
         negative_weight=cfg.omega_neg,
         motion_amplification=cfg.omega_ma,
     )
@@ -142,11 +145,19 @@ def frame_gradient(vid, sd, frames: torch.Tensor, steps: int = 2) -> list[torch.
         gen = torch.Generator().manual_seed(100 + step)
         x = frames.detach().clone().requires_grad_(True)
         fps = Conditioning(fps=torch.tensor([4.0, 4.0, 8.0, 12.0], device=DEV))
-        picked = x[:, [2, 7, 10, 13]].reshape(16, 1, *x.shape[2:])
+        idx = torch.tensor([[2, 7, 10, 13]] * 4)
+        picked = x[:, idx[0]]  # (4, 4, 3, H, W): the image teacher sees 16 images
+        post = vid.encode_posterior(x) if share else None
+        im_post = None if post is None else post.frames(idx)
         parts_ = {
-            "vid": distill_loss(vid, vid_term, x, "a corgi running", step, gen, fps, sync=False),
-            "im": distill_loss(sd, TeacherTerm(), picked, "a corgi running", step, gen, sync=False),
-        }
+            "vid": distill_loss(
+                vid, vid_term, x, "a corgi running", step, gen, fps, sync=False, posterior=post
+            ),
+            "im": distill_loss(
+                sd, TeacherTerm(), picked, "a corgi running", step, gen, sync=False,
+                posterior=im_post,
+            ),
+        }  # fmt: skip
         loss, _ = compose(parts_, sync=False)
         loss.backward()
         out.append(x.grad.float())
@@ -185,6 +196,27 @@ def test_fast_runtime_gradient_on_the_frames_matches_eager(modules, frames, refe
         assert rel(g, r32) <= 2.0 * floor + 1e-3, (rel(g, r32), floor)
         assert rel(g, nv) <= 3.0 * floor + 1e-3, (rel(g, nv), floor)
     torch.backends.cudnn.benchmark = False
+
+
+def test_shared_encoder_pass_gives_the_two_pass_gradient(modules, frames, references):
+    """The image teacher given the video teacher's VAE: reading its 16 frames from the video
+    teacher's encoder pass (paper runtime, bf16) sends the frames the gradient of encoding them
+    again, within what bf16 costs."""
+    ref32, naive = references
+    image, video = modules
+    image = dict(image, vae=copy.deepcopy(video["vae"]))
+    rt = runtime_of(preset("paper").teachers)
+    out = {}
+    for share in (False, True):
+        vid, sd = teachers((image, video), torch.bfloat16)
+        for t in (vid, sd):
+            configure_teacher(t, rt)
+        assert vid.same_encoder(sd)
+        out[share] = frame_gradient(vid, sd, frames, share=share)
+    for g, g2, r32, nv in zip(out[True], out[False], ref32, naive, strict=True):
+        floor = rel(nv, r32)
+        assert torch.isfinite(g).all() and floor < 0.5
+        assert rel(g, g2) <= floor + 1e-3, (rel(g, g2), floor)
 
 
 def test_cuda_graph_replay_equals_the_eager_forward(modules):

@@ -161,6 +161,147 @@ def test_step_gradient_on_the_frames_is_the_eager_one(tokenizer, runtime):
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
 
 
+# -- one encoder pass for two teachers ---------------------------------------------------------
+
+
+def make_sd_sharing(tokenizer, video) -> StableDiffusionTeacher:
+    """An image teacher whose VAE is an equal copy of ``video``'s (the SD autoencoder that
+    UNet3D video models ship with), the UNet and text encoder its own."""
+    import copy
+
+    sd = make_sd(tokenizer)
+    sd.vae = copy.deepcopy(video.vae)
+    return sd
+
+
+def test_same_encoder_compares_what_maps_pixels_to_latents(tokenizer):
+    video = make_video(tokenizer)
+    sd = make_sd_sharing(tokenizer, video)
+    assert video.same_encoder(sd) and sd.same_encoder(video)
+    with torch.no_grad():
+        sd.vae.decoder.conv_in.weight.add_(1.0)  # the decoder is not used to encode
+    assert video.same_encoder(sd)
+    with torch.no_grad():
+        sd.vae.encoder.conv_in.weight[0, 0, 0, 0] += 1e-3
+    assert not video.same_encoder(sd)
+    assert not video.same_encoder(make_sd(tokenizer))  # another random VAE
+    sd = make_sd_sharing(tokenizer, video)
+    sd.resolution = (16, 24)
+    assert not video.same_encoder(sd)
+    sd = make_sd_sharing(tokenizer, video)
+    sd.sample_latents = False
+    assert not video.same_encoder(sd)
+    sd = make_sd_sharing(tokenizer, video)
+    sd.vae.register_to_config(scaling_factor=0.5)
+    assert not video.same_encoder(sd)
+    sd = make_sd_sharing(tokenizer, video)
+    sd.vae.to(torch.float64)
+    assert not video.same_encoder(sd)
+    assert not video.same_encoder(object())
+
+
+@pytest.mark.parametrize("sample", [True, False])
+def test_a_shared_posterior_gives_the_gradient_and_draws_of_two_encoder_passes(tokenizer, sample):
+    """The stage-2 teacher part with the image teacher's 2 frames per clip read from the video
+    teacher's encoder pass: the gradient on the frames and the generator's state after the step
+    are those of encoding the picked frames again."""
+    video = make_video(tokenizer)
+    sd = make_sd_sharing(tokenizer, video)
+    video.sample_latents = sd.sample_latents = sample
+    frames = torch.rand(2, 4, 3, 12, 20, generator=torch.Generator().manual_seed(3))
+    vid_term = TeacherTerm(negative_prompt="still", negative_weight=0.8, motion_amplification=24.0)
+    fps = Conditioning(fps=torch.full((2,), 4.0))
+    idx = torch.tensor([[0, 2], [3, 1]])
+    out = {}
+    for shared in (False, True):
+        gen = torch.Generator().manual_seed(11)
+        x = frames.clone().requires_grad_(True)
+        picked = torch.gather(x, 1, idx[:, :, None, None, None].expand(-1, -1, 3, 12, 20))
+        post = video.encode_posterior(x) if shared else None
+        parts = {
+            "vid": distill_loss(video, vid_term, x, "a cat", 0, gen, fps, posterior=post),
+            "im": distill_loss(
+                sd,
+                TeacherTerm(),
+                picked,
+                "a cat",
+                0,
+                gen,
+                posterior=None if post is None else post.frames(idx),
+            ),
+        }
+        loss, stats = compose(parts)
+        loss.backward()
+        out[shared] = (x.grad, gen.get_state(), stats)
+    assert out[False][0].abs().max() > 0
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-7)
+    assert torch.equal(out[True][1], out[False][1])
+    assert out[True][2] == pytest.approx(out[False][2], rel=1e-5)
+
+
+def test_a_shared_posterior_needs_every_frames_gradient(tokenizer):
+    video = make_video(tokenizer)
+    x = torch.rand(1, 4, 3, 12, 12)
+    post = video.encode_posterior(x)
+    with pytest.raises(ValueError, match="unset grad_frames"):
+        distill_loss(video, TeacherTerm(grad_frames=2), x, "a cat", 0, posterior=post)
+    with pytest.raises(ValueError, match="sequences × frames"):
+        distill_loss(
+            video, TeacherTerm(), x, "a cat", 0, posterior=post.frames(torch.tensor([[0]]))
+        )
+    with pytest.raises(ValueError, match="expects \\(B, 4, 3, H, W\\)"):
+        video.encode_posterior(x[:, :3])
+
+
+def test_stage2_loop_shares_the_encoder_pass_and_trains_the_same_field(
+    tokenizer, monkeypatch, tmp_path
+):
+    """Two steps of run_stage2 with an image teacher whose VAE equals the video teacher's: the
+    loop encodes each frame once (the encoder sees B·F frames a step, not B·F + B·k), says so in
+    the end-of-phase line, and trains the field that the loop with two encoder passes trains."""
+    import json
+
+    from ayg.config import apply_overrides
+    from ayg.deformation import Motion
+    from ayg.gaussians import GaussianCloud
+    from ayg.stages import LossLog, RunContext, new_segment, run_stage2
+    from ayg.teachers.stable_diffusion import LatentTeacher
+
+    sets = ["stage2.steps=2", "stage2.frames=4", "stage2.image_frames=2", "stage2.batch=2"]
+    sets += ["stage2.width=20", "stage2.height=12"]
+    cfg = apply_overrides(preset("tiny"), sets).stage2
+    cloud = GaussianCloud.init_sphere(
+        n=48, radius=0.4, sh_degree=0, generator=torch.Generator().manual_seed(0)
+    ).detached()
+    start = new_segment(cfg, "base", "a cat", torch.device("cpu")).field.state_dict()
+    fields, encoded, ends = {}, {}, {}
+    for share in (True, False):
+        video = make_video(tokenizer)
+        sd = make_sd_sharing(tokenizer, video)
+        if not share:
+            monkeypatch.setattr(LatentTeacher, "same_encoder", lambda self, other: False)
+        seen = [0]
+        for vae in (video.vae, sd.vae):
+            vae.encoder.register_forward_hook(
+                lambda m, args, out, seen=seen: seen.__setitem__(0, seen[0] + args[0].shape[0])
+            )
+        motion = Motion([new_segment(cfg, "base", "a cat", torch.device("cpu"))])
+        path = tmp_path / f"losses_{share}.jsonl"
+        ctx = RunContext(device=torch.device("cpu"), backend="torch", progress=False)
+        ctx.log = LossLog(path)
+        motion = run_stage2("a cat", cfg, cloud, motion, {"video": video, "image": sd}, ctx, 0)
+        fields[share] = motion.segments[-1].field.state_dict()
+        encoded[share] = seen[0]
+        ends[share] = json.loads(path.read_text().splitlines()[-1])
+        monkeypatch.undo()
+    assert encoded[True] == 2 * (2 * 4)  # steps × B·F
+    assert encoded[False] == 2 * (2 * 4 + 2 * 2)  # and the picked frames once more
+    assert ends[True]["shared_encoder"] is True and ends[False]["shared_encoder"] is False
+    for k, v in fields[False].items():
+        torch.testing.assert_close(fields[True][k], v, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(fields[True][k], v) for k, v in start.items())
+
+
 def test_fast_unet_is_the_unet_off_cuda_and_configure_unwraps(tokenizer):
     sd = make_sd(tokenizer)
     plain = sd.unet

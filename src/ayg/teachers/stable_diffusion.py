@@ -7,8 +7,10 @@ flowing back to the pixels, and scaled by ``vae.config.scaling_factor``. ε-, v-
 x0-parameterised UNets are all turned into ε̂ (v -> ε̂ = √ᾱ v + √(1-ᾱ) z_t).
 
 The pieces shared by every latent teacher built on the SD autoencoder and a CLIP text encoder
-(:class:`LatentTeacher`, :class:`PromptCache`, :func:`encode_frames`, :func:`encode_sequences`, :func:`eps_from_prediction`,
-:func:`load_latent_components`) live here; the video teacher imports them.
+(:class:`LatentTeacher`, :class:`PromptCache`, :func:`encode_frames`, :func:`encode_sequences`,
+:func:`eps_from_prediction`, :func:`load_latent_components`) live here; the video teacher imports
+them. Two of these teachers whose VAE encoders are equal (:func:`same_vae_encoder`) can share
+one encoder pass over the same frames (:meth:`LatentTeacher.encode_posterior`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ayg.distill import Conditioning, host_to
+from ayg.distill import Conditioning, Posterior, host_to
 from ayg.teachers.hub import load_component
 
 DEFAULT_MODEL_ID = "stabilityai/stable-diffusion-2-1-base"
@@ -173,6 +175,42 @@ def prefers_channels_last(module: nn.Module) -> bool:
     return False
 
 
+def frame_posterior(
+    vae: nn.Module,
+    images: Tensor,
+    size: tuple[int, int],
+    backward: str = "keep",
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """images (N, 3, H, W) in [0, 1] -> the posterior (mean, std), each (N, c, h, w), of the
+    frames resized to ``size``: the encoder pass of :func:`encode_frames`, differentiable."""
+    param = next(vae.parameters())
+    x = resize_bilinear(images, size).to(device=param.device, dtype=param.dtype) * 2.0 - 1.0
+    if prefers_channels_last(vae):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return posterior_moments(vae, x, backward, chunk)
+
+
+def posterior_latents(
+    vae: nn.Module,
+    mean: Tensor,
+    std: Tensor,
+    generator: torch.Generator | None = None,
+    sample: bool = True,
+) -> Tensor:
+    """Scaled latents (N, c, h, w) float32 from a posterior (N, c, h, w): mean + std·noise
+    (noise from ``generator``) when ``sample``, else the mean; then
+    ``(z - shift_factor)·scaling_factor``."""
+    z = mean
+    if sample:
+        noise = host_to(torch.randn(z.shape, generator=generator), z.device, z.dtype)
+        z = z + std * noise
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        z = z - shift
+    return z.float() * vae.config.scaling_factor
+
+
 def encode_frames(
     vae: nn.Module,
     images: Tensor,
@@ -182,26 +220,44 @@ def encode_frames(
     backward: str = "keep",
     chunk: int | None = None,
 ) -> Tensor:
-    """images (N, 3, H, W) in [0, 1] -> scaled latents (N, c, h, w) float32, differentiable.
+    """images (N, 3, H, W) in [0, 1] -> scaled latents (N, c, h, w) float32, differentiable:
+    :func:`frame_posterior`, then :func:`posterior_latents`. ``backward`` and ``chunk``: see
+    :func:`posterior_moments` (the noise is drawn once, outside any recomputed part, so every
+    mode gives the same latents and the same gradient)."""
+    mean, std = frame_posterior(vae, images, size, backward, chunk)
+    return posterior_latents(vae, mean, std, generator, sample)
 
-    The posterior is sampled (mean + std·noise, noise from ``generator``) when ``sample``, else
-    its mean is used; latents are ``(z - shift_factor)·scaling_factor``. ``backward`` and
-    ``chunk``: see :func:`posterior_moments` (the noise is drawn once, outside any recomputed
-    part, so every mode gives the same latents and the same gradient).
-    """
-    param = next(vae.parameters())
-    x = resize_bilinear(images, size).to(device=param.device, dtype=param.dtype) * 2.0 - 1.0
-    if prefers_channels_last(vae):
-        x = x.contiguous(memory_format=torch.channels_last)
-    mean, std = posterior_moments(vae, x, backward, chunk)
-    z = mean
-    if sample:
-        noise = host_to(torch.randn(z.shape, generator=generator), z.device, z.dtype)
-        z = z + std * noise
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:
-        z = z - shift
-    return z.float() * vae.config.scaling_factor
+
+def _encoder_tensors(vae: nn.Module) -> dict[str, Tensor]:
+    """The tensors that map pixels to the posterior: the encoder's and its quant_conv's."""
+    out = {}
+    for name in ("encoder", "quant_conv"):
+        module = getattr(vae, name, None)
+        if module is not None:
+            out.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    return out
+
+
+def same_vae_encoder(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two autoencoders map frames to the same scaled latents: the same class, scale,
+    shift and tiling, and encoder tensors (with the quant_conv) equal in value, dtype and
+    device. One read of both encoders (~35 M parameters for SD's)."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    for key in ("scaling_factor", "shift_factor"):
+        if getattr(a.config, key, None) != getattr(b.config, key, None):
+            return False
+    if getattr(a, "use_tiling", False) != getattr(b, "use_tiling", False):
+        return False
+    ta, tb = _encoder_tensors(a), _encoder_tensors(b)
+    if ta.keys() != tb.keys():
+        return False
+    return all(
+        x.dtype == tb[k].dtype and x.device == tb[k].device and x.shape == tb[k].shape
+        for k, x in ta.items()
+    ) and all(torch.equal(x, tb[k]) for k, x in ta.items())
 
 
 def encode_sequences(
@@ -436,6 +492,40 @@ class LatentTeacher:
             )
 
         return encode_sequences(encode, images, grad_frames, generator, self.encode_chunk)
+
+    def encode_posterior(self, images: Tensor) -> Posterior:
+        """(B, F, 3, H, W) in [0, 1] -> the posterior of every frame, mean and std each
+        (B, F, c, h, w), differentiable: the encoder pass of ``encode`` (which is
+        ``latents(encode_posterior(images), generator)`` when every frame keeps its gradient)."""
+        self._ensure_active()
+        if images.ndim != 5 or images.shape[2] != 3:
+            raise ValueError(f"images must have shape (B, F, 3, H, W), got {tuple(images.shape)}")
+        b, f = images.shape[:2]
+        flat = images.to(self.device).reshape(b * f, *images.shape[2:])
+        mean, std = frame_posterior(
+            self.vae, flat, self.resolution, self.encoder_backward, self.encode_chunk
+        )
+        return Posterior(mean.unflatten(0, (b, f)), std.unflatten(0, (b, f)))
+
+    def latents(self, posterior: Posterior, generator: torch.Generator | None = None) -> Tensor:
+        """Latents (B, F, c, h, w) float32 from a posterior of :meth:`encode_posterior`, with
+        the same draws from ``generator`` as ``encode``."""
+        b, f = posterior.mean.shape[:2]
+        mean, std = posterior.mean.flatten(0, 1), posterior.std.flatten(0, 1)
+        z = posterior_latents(self.vae, mean, std, generator, self.sample_latents)
+        return z.unflatten(0, (b, f))
+
+    def same_encoder(self, other: Any) -> bool:
+        """Whether ``other`` turns frames into the same latents as this teacher, so that one
+        :meth:`encode_posterior` serves both (stage 2's image teacher reads the video teacher's
+        frames): a latent teacher with the same input size and posterior sampling whose VAE
+        encoder equals this one's (:func:`same_vae_encoder`)."""
+        return (
+            isinstance(other, LatentTeacher)
+            and tuple(other.resolution) == tuple(self.resolution)
+            and other.sample_latents == self.sample_latents
+            and same_vae_encoder(self.vae, other.vae)
+        )
 
     def offload(self) -> None:
         """UNet and text encoder to the CPU while another teacher runs. The VAE (small) stays:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ayg.config import VIDEO_NEGATIVE_PROMPT
-from ayg.distill import Conditioning
+from ayg.distill import Conditioning, Posterior
 from ayg.teachers.stable_diffusion import LatentTeacher, eps_from_prediction
 
 DEFAULT_MODEL_ID = "cerspense/zeroscope_v2_576w"
@@ -67,6 +67,14 @@ class VideoTeacher(LatentTeacher):
         images = images.to(self.device)
 
         return self._encode_clips(images, grad_frames, generator)
+
+    def encode_posterior(self, images: Tensor) -> Posterior:
+        """frames (B, F, 3, H, W) in [0, 1] -> their posterior, (B, F, 4, H'/8, W'/8) each."""
+        if images.ndim != 5 or images.shape[1] != self.frames:
+            raise ValueError(
+                f"video teacher expects (B, {self.frames}, 3, H, W), got {tuple(images.shape)}"
+            )
+        return super().encode_posterior(images)
 
     def predict_noise(
         self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
