@@ -29,11 +29,13 @@ measured first in the same run. The figures go to stdout and, with ``--json``, t
 cut short keeps what it measured, and ``true`` once the report is whole); the
 paper pipeline's wall time is projected from the step times (stage 1 + stage 2 + the fine-tuning
 of C.9 at the paper's step counts, plus the measured one-time cost of the first steps).
+With ``--profile TABLE`` one more paper-runtime stage-2 step runs under torch.profiler: its
+ops by device time go to TABLE and its wall time against the device's busy time to the JSON.
 Prints figures; asserts nothing.
 
     PYTHONPATH=src python benchmarks/step.py [--stage 1|2|all] [--video zeroscope|wan]
         [--compile none|default|max-autotune-no-cudagraphs] [--warmup 2] [--iters 5]
-        [--reps 5] [--json docs/results/step.json]
+        [--reps 5] [--json docs/results/step.json] [--profile ops.txt]
     PYTHONPATH=src python benchmarks/step.py --tiny   # tiny models on the CPU: a check of the script
 """
 
@@ -378,6 +380,43 @@ def time_loop(run: Callable[[RunContext], object], device, warmup: int, iters: i
     steps = [b - a for a, b in zip([t0, *marks[:-1]], marks, strict=True)]
     timed = steps[warmup:] or steps
     return StepFigures(statistics.median(timed), steps[0], clock.peak_gib(), steps)
+
+
+def profile_step(run: Callable[[RunContext], object], device, warmup: int, path: Path) -> dict:
+    """The last step of a loop of ``warmup`` + 1 steps under torch.profiler: its ops by self
+    device time (CPU time off CUDA) as a table in ``path``, and the step's wall time against the
+    time the device was busy with them; the rest is the host's launches, syncs and draws."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    clock, marks, got = Clock(device), [], []
+    plan = schedule(wait=0, warmup=warmup, active=1, repeat=1)
+    ready = lambda p: got.append(p.key_averages())  # noqa: E731
+    with profile(activities=acts, schedule=plan, on_trace_ready=ready) as prof:
+
+        def callback(phase: str, done: int) -> None:
+            clock.sync()
+            marks.append(time.perf_counter())
+            prof.step()
+
+        ctx = RunContext(
+            device=device, backend=BACKEND, log=LossLog(None), progress=False, callback=callback
+        )
+        clock.sync()
+        marks.append(time.perf_counter())
+        run(ctx)
+    events = got[0]
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    if cuda and not hasattr(events[0], key):
+        key = "self_cuda_time_total"  # older torch
+    write_text(path, events.table(sort_by=key, row_limit=40) + "\n")
+    from torch.autograd import DeviceType
+
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # the kernels themselves
+    busy = sum(getattr(e, key) for e in kernels) / 1e3 if cuda else None
+    step = (marks[-1] - marks[-2]) * 1e3
+    return {"step_ms": step, "device_busy_ms": busy, "table": str(path)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -729,6 +768,14 @@ def main() -> None:
     ap.add_argument("--gaussians", type=int, default=50_000)
     ap.add_argument("--device", default=None, help="default: cuda (--tiny: cpu)")
     ap.add_argument("--json", type=Path, default=None, help="write the figures to this file")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="TABLE",
+        help="profile one stage-2 step of the paper runtime after the loops: the ops' table to "
+        "TABLE, its wall and device-busy time to the JSON's 'stage2_profile'",
+    )
     ap.add_argument("--commit", default=None, help="commit to record (default: git HEAD)")
     ap.add_argument("--tiny", action="store_true", help="tiny random models: a CPU check")
     ap.add_argument("--skip", default="", help="comma-separated runtimes to leave out")
@@ -881,6 +928,18 @@ def main() -> None:
         figs2 = run_loops("stage2", runs, device, args.warmup, args.iters)
         res["stage2"] = {k: dataclasses.asdict(v) for k, v in figs2.items()}
         save(complete=False)
+        if args.profile is not None and "paper" in rts:
+            configure([vid, sd], rts["paper"])
+            loop = stage2_loop(vid, sd, cloud, s2cfg, args.warmup + 1, None)
+            res["stage2_profile"] = prof = profile_step(loop, device, args.warmup, args.profile)
+            busy = prof["device_busy_ms"]
+            print(
+                f"# stage 2 profiled step: {prof['step_ms']:.1f} ms"
+                + ("" if busy is None else f", device busy {busy:.1f} ms")
+                + f" (ops: {args.profile})",
+                flush=True,
+            )
+            save(complete=False)
 
     # -- report --
     for stage, figs in (("1", figs1), ("2", figs2)):

@@ -21,6 +21,7 @@ def test_stage2_step_benchmark_on_tiny_teachers(tmp_path, video, frames, net):
     argv = [sys.executable, str(ROOT / "benchmarks" / "step.py"), "--tiny", "--stage", "2"]
     argv += ["--video", video, "--warmup", "1", "--iters", "1", "--reps", "1"]
     argv += ["--skip", "lowvram", "--json", str(out), "--commit", "test"]
+    argv += ["--profile", str(tmp_path / "ops.txt")]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     run = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -38,4 +39,7 @@ def test_stage2_step_benchmark_on_tiny_teachers(tmp_path, video, frames, net):
     names = [c["component"] for c in res["stage2_components"]]
     assert f"video {net}, 3 CFG × 2 clips of {frames}, no grad" in names
     assert f"video VAE encoder, {2 * frames} frames, fwd+bwd" in names
+    prof = res["stage2_profile"]  # one more paper step under torch.profiler, its ops' table
+    assert prof["step_ms"] > 0 and prof["device_busy_ms"] is None  # no device time on the CPU
+    assert "Self CPU" in (tmp_path / "ops.txt").read_text()
     assert ("encoder_modes" in res) == (video == "zeroscope")  # encoder_backward: UNet teachers
