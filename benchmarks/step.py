@@ -17,10 +17,11 @@ encoded at 480×832). The steps are the product's own loops, ``ayg.stages.run_st
 Each step is timed under several runtimes (``ayg.teachers.runtime``) on the same weights:
 ``naive`` (plain eager bf16: every encoder activation stored, no CUDA graphs, NCHW, no cuDNN
 autotuning, no TF32), ``paper`` (the paper preset's ``teachers.*`` settings), ``lowvram`` (the
-``lowvram`` preset's), for stage 2 the ``fast`` preset's smaller step and the paper step with
-the image teacher given the video teacher's VAE (``shared``: what a pair of checkpoints with
-equal encoders costs, one encoder pass over the frames instead of two) and, with
-``--variants``, the paper runtime with one lever changed at a time. Then every component
+``lowvram`` preset's), for stage 2 the ``fast`` preset's smaller step and, with ``--variants``,
+the paper runtime with one lever changed at a time. For a UNet3D video teacher, each stage-2
+runtime but naive and lowvram is timed once more with the image teacher given the video
+teacher's VAE (``paper+shared``, ...: what a pair of checkpoints with equal encoders costs, one
+encoder pass over the frames instead of two; ``--skip shared`` leaves these out). Then every component
 of the step is timed alone (median of ``--reps`` CUDA-event timings) under ``naive`` and
 ``paper``, with its FLOPs (matrix products, convolutions and attention, counted by
 ``torch.utils.flop_counter``), its rate, and that rate as a share of a bf16 matrix product's rate
@@ -712,11 +713,11 @@ def run_loops(
         try:
             figs[label] = f = time_loop(loop, device, warmup, iters)
         except Exception as e:  # noqa: BLE001 - report and go on with the other runtimes
-            print(f"{stage} {label:8s} failed: {type(e).__name__}: {e}", flush=True)
+            print(f"{stage} {label:12s} failed: {type(e).__name__}: {e}", flush=True)
             free_memory()
             continue
         print(
-            f"{stage} {label:8s} {f.step_s * 1e3:8.1f} ms/step   first step {f.first_step_s:6.2f} s"
+            f"{stage} {label:12s} {f.step_s * 1e3:8.1f} ms/step   first step {f.first_step_s:6.2f} s"
             f"   peak {f.peak_gib:6.1f} GiB",
             flush=True,
         )
@@ -917,9 +918,10 @@ def main() -> None:
         runs = []
         for label, rt in rts.items():
             runs.append((label, rt, [vid, sd], stage2_loop(vid, sd, cloud, s2cfg, steps, None)))
-        if "shared" not in skip and "paper" in rts and hasattr(vid, "same_encoder"):
-            loop = stage2_loop(vid, sd, cloud, s2cfg, steps, None)
-            runs.append(("shared", rts["paper"], [vid, sd], with_shared_vae(vid, sd, loop)))
+        if "shared" not in skip and hasattr(vid, "same_encoder"):  # SD-autoencoder teachers
+            for label in [k for k in rts if k not in ("naive", "lowvram")]:
+                loop = with_shared_vae(vid, sd, stage2_loop(vid, sd, cloud, s2cfg, steps, None))
+                runs.append((f"{label}+shared", rts[label], [vid, sd], loop))
         if "fast" not in skip and not args.tiny:
             fast = preset("fast")
             s2fast = stage2_defaults(fast.stage2, vid)
@@ -961,7 +963,7 @@ def main() -> None:
         ("2", "naive"): ("naive_stage2_step_s", "naive_stage2_peak_gib"),
         ("2", "lowvram"): ("lowvram_stage2_step_s", "lowvram_peak_gib"),
         ("2", "fast"): ("fast_stage2_step_s", "fast_stage2_peak_gib"),
-        ("2", "shared"): ("shared_encoder_stage2_step_s", "shared_encoder_stage2_peak_gib"),
+        ("2", "paper+shared"): ("shared_encoder_stage2_step_s", "shared_encoder_stage2_peak_gib"),
     }
     for (stage, label), (step_key, peak_key) in keys.items():
         figs = figs1 if stage == "1" else figs2
