@@ -158,6 +158,47 @@ def test_committed_table_records_give_the_documented_rows_and_tests():
         assert r["overrides"] == ["output.preview=false", *dict(ablations.ROWS)[r["setting"]]]
 
 
+def test_results_md_holds_the_tables_the_committed_records_give():
+    """docs/RESULTS.md's two tables of "Table 2 on today's preset" are what ``--markdown``
+    prints from the committed records, character for character."""
+    rs = records.read_records([RESULTS / "ablations_table.jsonl"])
+    md = ablations.markdown_tables(ablations.table(rs))
+    doc = (RESULTS.parent / "RESULTS.md").read_text()
+    assert md in doc
+    assert md.count("\n| ") == 8 + 7 + 1  # 8 rows, 7 of them against full AYG, 2nd header
+    assert "| SDS instead of CSD | 10 / 1, p = 0.012 |" in md
+    assert "| full AYG | 75.0 % [58, 87] | 100 % [89, 100] |" in md
+
+
+def test_markdown_tables_format_a_hand_made_row():
+    row = {
+        "row": "x",
+        "motion_accuracy": 0.5,
+        "appearance_accuracy": 1.0,
+        "drift": 0.1234,
+        "motion_amount": 0.2,
+        "motion_accuracy_interval": (0.301, 0.699),
+        "appearance_accuracy_interval": (0.9, 1.0),
+        "drift_interval": (0.05, 0.2),
+        "motion_amount_interval": (0.1, 0.3),
+        "vs_full": {
+            "pairs": 4,
+            "motion_accuracy": {"full_only": 3, "row_only": 0, "mcnemar_p": 0.25},
+            "appearance_accuracy": {"full_only": 0, "row_only": 0, "mcnemar_p": 1.0},
+            "drift": {"mean_difference": -0.004, "interval": (-0.03, 0.021)},
+            "motion_amount": {"mean_difference": 0.5, "interval": (0.4, 0.6)},
+        },
+    }
+    lines = ablations.markdown_tables([row]).splitlines()
+    assert (
+        lines[2]
+        == "| x | 50.0 % [30, 70] | 100 % [90, 100] | 0.123 [0.05, 0.20] | 0.200 [0.10, 0.30] |"
+    )
+    assert lines[-1] == (
+        "| x | 3 / 0, p = 0.25 | 0 / 0, p = 1 | −0.00 [−0.03, +0.02] | +0.50 [+0.40, +0.60] |"
+    )
+
+
 def test_ablation_jobs_put_the_rows_overrides_last(tmp_path):
     jobs = ablations.ablation_jobs(
         ["a red cube spinning", "a blue cone nodding"],

@@ -8,6 +8,7 @@ consistency, each averaged over the row's runs.
     python -m ayg.evaluation.ablations --seeds 0,1 --device cuda --workers 16 \\
         --out runs/ablations --set output.preview=false          # TABLE_PROMPTS, every row
     python -m ayg.evaluation.ablations --summarize docs/results/ablations.jsonl
+    python -m ayg.evaluation.ablations --summarize docs/results/ablations_table.jsonl --markdown
 
 Every finished run is appended to ``OUT/runs.jsonl`` (records of ``ayg.evaluation.records``,
 kind "ablation", the row's name in ``setting``); the same command again skips the runs recorded
@@ -193,6 +194,52 @@ def format_table(rows: Sequence[dict[str, Any]], prompts: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _pct(v: float) -> str:
+    return "100 %" if v == 1 else f"{100 * v:.1f} %"
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.2f}".replace("-", "−")  # a typographic minus, as the docs write it
+
+
+def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
+    """The two tables of docs/RESULTS.md from :func:`table`'s rows: each row's means with their
+    95 % intervals, then each row against full AYG (discordant pairs and exact McNemar p of the
+    accuracies, mean paired differences of drift and motion amount with their intervals)."""
+    lines = [
+        "| setting | motion | appearance | drift | motion amount |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = []
+        for m in ACCURACIES:
+            lo, hi = row[f"{m}_interval"]
+            cells.append(f"{_pct(row[m])} [{round(100 * lo)}, {round(100 * hi)}]")
+        for m in CONTINUOUS:
+            lo, hi = row[f"{m}_interval"]
+            cells.append(f"{row[m]:.3f} [{lo:.2f}, {hi:.2f}]")
+        lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| setting vs full AYG | motion: discordant, p | appearance: discordant, p | drift "
+        "difference | motion amount difference |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        vs = row.get("vs_full")
+        if not vs:
+            continue
+        cells = []
+        for m in ACCURACIES:
+            v = vs[m]
+            cells.append(f"{v['full_only']} / {v['row_only']}, p = {v['mcnemar_p']:.2g}")
+        for m in CONTINUOUS:
+            d, (lo, hi) = vs[m]["mean_difference"], vs[m]["interval"]
+            cells.append(f"{_signed(d)} [{_signed(lo)}, {_signed(hi)}]")
+        lines.append(f"| {row['row']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m ayg.evaluation.ablations", description=__doc__.split("\n\n")[0]
@@ -213,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="RUNS_JSONL",
         help="print the table of finished runs (record files) and exit",
     )
+    ap.add_argument(
+        "--markdown",
+        action="store_true",
+        help="with --summarize: print the two Markdown tables of docs/RESULTS.md instead",
+    )
     args = ap.parse_args(argv)
 
     if args.summarize:
@@ -221,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         except RecordError as e:
             ap.error(str(e))
         prompts = list(dict.fromkeys(r["prompt"] for r in records))
-        print(format_table(table(records), prompts))
+        rows = table(records)
+        print(markdown_tables(rows) if args.markdown else format_table(rows, prompts))
         return 0
 
     if args.workers < 1:
