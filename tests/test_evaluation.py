@@ -314,6 +314,7 @@ def test_bad_toy48_command_lines_end_in_one_line(tmp_path, capsys, argv, says):
         (["--rows", "x"], "--rows"),
         (["--seeds", "0,x"], "--seeds"),
         (["--seeds", "-1"], "--seeds"),
+        (["--markdown"], "--markdown prints the tables of finished runs"),
     ],
 )
 def test_bad_ablation_rows_end_in_one_line(tmp_path, capsys, argv, says):

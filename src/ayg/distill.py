@@ -448,9 +448,14 @@ def prime_prompts(teacher: Teacher, term: TeacherTerm, prompt: str) -> None:
         release()
 
 
-def _check_inputs(teacher: Teacher, term: TeacherTerm, images: Tensor, views, batch: int) -> None:
+def check_sequences(images: Tensor) -> None:
+    """``images`` must be sequences of RGB frames, (B, F, 3, H, W)."""
     if images.ndim != 5 or images.shape[2] != 3:
         raise ValueError(f"images must have shape (B, F, 3, H, W), got {tuple(images.shape)}")
+
+
+def _check_inputs(teacher: Teacher, term: TeacherTerm, images: Tensor, views, batch: int) -> None:
+    check_sequences(images)
     if teacher.frames != 1 and images.shape[1] != teacher.frames:
         raise ValueError(
             f"{teacher.kind} teacher expects F={teacher.frames} frames, got {images.shape[1]}"

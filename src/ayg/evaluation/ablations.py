@@ -266,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         help="with --summarize: print the two Markdown tables of docs/RESULTS.md instead",
     )
     args = ap.parse_args(argv)
+    if args.markdown and not args.summarize:
+        ap.error("--markdown prints the tables of finished runs: give it with --summarize FILE")
 
     if args.summarize:
         try:

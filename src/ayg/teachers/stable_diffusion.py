@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ayg.distill import Conditioning, Posterior, host_to
+from ayg.distill import Conditioning, Posterior, check_sequences, host_to
 from ayg.teachers.hub import load_component
 
 DEFAULT_MODEL_ID = "stabilityai/stable-diffusion-2-1-base"
@@ -271,8 +271,7 @@ def encode_sequences(
     (N, c, h, w)). With ``grad_frames = k < F`` only k random frames of each sequence are encoded
     with gradient, the others under no_grad (their latents are constants). ``chunk`` bounds the
     number of frames in one no_grad encoder call."""
-    if images.ndim != 5 or images.shape[2] != 3:
-        raise ValueError(f"images must have shape (B, F, 3, H, W), got {tuple(images.shape)}")
+    check_sequences(images)
     b, f = images.shape[:2]
     flat = images.reshape(b * f, *images.shape[2:])  # (B·F, 3, H, W)
     if grad_frames is None or grad_frames >= f or not torch.is_grad_enabled():
@@ -498,8 +497,7 @@ class LatentTeacher:
         (B, F, c, h, w), differentiable: the encoder pass of ``encode`` (which is
         ``latents(encode_posterior(images), generator)`` when every frame keeps its gradient)."""
         self._ensure_active()
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise ValueError(f"images must have shape (B, F, 3, H, W), got {tuple(images.shape)}")
+        check_sequences(images)
         b, f = images.shape[:2]
         flat = images.to(self.device).reshape(b * f, *images.shape[2:])
         mean, std = frame_posterior(

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ayg.distill import Conditioning
+from ayg.distill import Conditioning, check_sequences
 from ayg.toyworld.nets import (
     AppearanceNet,
     MotionNet,
@@ -117,8 +117,7 @@ class ToyTeacher:
         """images (B, F, 3, H, W) in [0, 1] → (B, F, 3, h, w) in [-1, 1] at the teacher's
         resolution (bilinear, no antialiasing). With ``grad_frames = k < F`` only k random frames
         of each sequence carry gradient."""
-        if images.ndim != 5 or images.shape[2] != 3:
-            raise ValueError(f"images must have shape (B, F, 3, H, W), got {tuple(images.shape)}")
+        check_sequences(images)
         b, f = images.shape[:2]
         x = resize(
             images.to(self.device).reshape(b * f, *images.shape[2:]).float(), *self.resolution

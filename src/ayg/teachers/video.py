@@ -60,21 +60,21 @@ class VideoTeacher(LatentTeacher):
         """frames (B, F, 3, H, W) in [0, 1] -> latents (B, F, 4, H'/8, W'/8), frame by frame;
         with ``grad_frames = k`` only k random frames per clip carry gradient."""
         self._ensure_active()
-        if images.ndim != 5 or images.shape[1] != self.frames:
-            raise ValueError(
-                f"video teacher expects (B, {self.frames}, 3, H, W), got {tuple(images.shape)}"
-            )
+        self._check_clips(images)
         images = images.to(self.device)
 
         return self._encode_clips(images, grad_frames, generator)
 
     def encode_posterior(self, images: Tensor) -> Posterior:
         """frames (B, F, 3, H, W) in [0, 1] -> their posterior, (B, F, 4, H'/8, W'/8) each."""
+        self._check_clips(images)
+        return super().encode_posterior(images)
+
+    def _check_clips(self, images: Tensor) -> None:
         if images.ndim != 5 or images.shape[1] != self.frames:
             raise ValueError(
                 f"video teacher expects (B, {self.frames}, 3, H, W), got {tuple(images.shape)}"
             )
-        return super().encode_posterior(images)
 
     def predict_noise(
         self, noisy: Tensor, t: Tensor, emb: Tensor, cond: Conditioning | None = None
