@@ -383,6 +383,18 @@ def time_loop(run: Callable[[RunContext], object], device, warmup: int, iters: i
     return StepFigures(statistics.median(timed), steps[0], clock.peak_gib(), steps)
 
 
+def kernel_time_ms(events, key: str, device_type) -> float:
+    """The device time of the kernels among profiler ``events`` (ms). The profiler also puts each
+    ``ProfilerStep`` and ``record_function`` range on the device's timeline, spanning the
+    kernels inside it; counting those too would count the kernels twice."""
+    total = 0.0
+    for e in events:
+        ranged = getattr(e, "is_user_annotation", False) or e.key.startswith("ProfilerStep")
+        if e.device_type == device_type and not ranged:
+            total += getattr(e, key)
+    return total / 1e3
+
+
 def profile_step(run: Callable[[RunContext], object], device, warmup: int, path: Path) -> dict:
     """The last step of a loop of ``warmup`` + 1 steps under torch.profiler: its ops by self
     device time (CPU time off CUDA) as a table in ``path``, and the step's wall time against the
@@ -414,8 +426,7 @@ def profile_step(run: Callable[[RunContext], object], device, warmup: int, path:
     write_text(path, events.table(sort_by=key, row_limit=40) + "\n")
     from torch.autograd import DeviceType
 
-    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # the kernels themselves
-    busy = sum(getattr(e, key) for e in kernels) / 1e3 if cuda else None
+    busy = kernel_time_ms(events, key, DeviceType.CUDA) if cuda else None
     step = (marks[-1] - marks[-2]) * 1e3
     return {"step_ms": step, "device_busy_ms": busy, "table": str(path)}
 

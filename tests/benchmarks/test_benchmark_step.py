@@ -42,3 +42,24 @@ def test_stage2_step_benchmark_on_tiny_teachers(tmp_path, video, frames, net):
     assert prof["step_ms"] > 0 and prof["device_busy_ms"] is None  # no device time on the CPU
     assert "Self CPU" in (tmp_path / "ops.txt").read_text()
     assert ("encoder_modes" in res) == (video == "zeroscope")  # encoder_backward: UNet teachers
+
+
+def test_device_busy_time_counts_each_kernel_once(monkeypatch):
+    """The profiler puts the ProfilerStep and record_function ranges on the device timeline too,
+    spanning the kernels inside them; the busy time is the kernels' alone."""
+    import importlib.util
+    from types import SimpleNamespace as Event
+
+    spec = importlib.util.spec_from_file_location("step_bench", ROOT / "benchmarks" / "step.py")
+    step = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "step_bench", step)  # its dataclasses look it up
+    spec.loader.exec_module(step)
+    cpu, cuda = "cpu", "cuda"
+    events = [
+        Event(key="ProfilerStep*", device_type=cuda, is_user_annotation=False, t=1740e3),
+        Event(key="stage2.video", device_type=cuda, is_user_annotation=True, t=900e3),
+        Event(key="aten::conv2d", device_type=cpu, is_user_annotation=False, t=700e3),
+        Event(key="sm90_xmma_fprop", device_type=cuda, is_user_annotation=False, t=1000e3),
+        Event(key="elementwise_kernel", device_type=cuda, is_user_annotation=False, t=712e3),
+    ]
+    assert step.kernel_time_ms(events, "t", cuda) == 1712.0
