@@ -127,12 +127,13 @@ def test_committed_ablation_records_give_the_documented_table():
 
 
 def test_committed_table_records_give_the_documented_rows_and_tests():
-    # docs/RESULTS.md, "Table 2 on today's preset": 8 rows × 16 prompts × seeds 0 and 1
+    # docs/RESULTS.md, "Table 2 on today's preset": the paper's 10 rows × 16 prompts × 2 seeds
     rs = records.read_records([RESULTS / "ablations_table.jsonl"])
-    assert {r["commit"] for r in rs} == {"e7030c0", "7b49d60"} and {r["seed"] for r in rs} == {0, 1}
+    assert {r["commit"] for r in rs} == {"e7030c0", "7b49d60", "f2cdc91"}
+    assert {r["seed"] for r in rs} == {0, 1}
     assert {r["prompt"] for r in rs} == set(ablations.TABLE_PROMPTS)
     rows = {r["row"]: r for r in ablations.table(rs)}
-    assert list(rows) == [name for name, _ in ablations.ROWS[:2] + ablations.ROWS[3:9]]
+    assert list(rows) == [name for name, _ in ablations.ROWS[:2] + ablations.ROWS[3:11]]
     assert all(r["runs"] == 32 and r["vs_full"]["pairs"] == 32 for r in list(rows.values())[1:])
     assert rows["full AYG"]["runs"] == 32
     assert rows["full AYG"]["motion_accuracy"] == pytest.approx(0.75)
@@ -154,6 +155,16 @@ def test_committed_table_records_give_the_documented_rows_and_tests():
     assert (static["full_only"], static["row_only"]) == (1, 4)
     assert static["mcnemar_p"] == pytest.approx(2 * 6 / 2**5)
     assert rows["fps 4 only"]["vs_full"]["motion_amount"]["interval"][0] > 0
+    fps12, neg = rows["fps 12 only"], rows["w/o negative prompt"]
+    assert fps12["motion_accuracy"] == pytest.approx(16 / 32)
+    c = fps12["vs_full"]["motion_accuracy"]
+    assert (c["full_only"], c["row_only"]) == (8, 0)
+    assert c["mcnemar_p"] == pytest.approx(2 / 2**8)
+    assert neg["motion_accuracy"] == pytest.approx(17 / 32)
+    c = neg["vs_full"]["motion_accuracy"]
+    assert (c["full_only"], c["row_only"]) == (8, 1)
+    assert c["mcnemar_p"] == pytest.approx(2 * 10 / 2**9)  # P(X <= 1), X ~ Bin(9, 1/2), twice
+    assert neg["vs_full"]["motion_amount"]["interval"][1] < 0
     for r in rs:
         assert r["overrides"] == ["output.preview=false", *dict(ablations.ROWS)[r["setting"]]]
 
@@ -165,7 +176,7 @@ def test_results_md_holds_the_tables_the_committed_records_give():
     md = ablations.markdown_tables(ablations.table(rs))
     doc = (RESULTS.parent / "RESULTS.md").read_text()
     assert md in doc
-    assert md.count("\n| ") == 8 + 7 + 1  # 8 rows, 7 of them against full AYG, 2nd header
+    assert md.count("\n| ") == 10 + 9 + 1  # 10 rows, 9 of them against full AYG, 2nd header
     assert "| SDS instead of CSD | 10 / 1, p = 0.012 |" in md
     assert "| full AYG | 75.0 % [58, 87] | 100 % [89, 100] |" in md
 
