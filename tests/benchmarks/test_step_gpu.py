@@ -10,6 +10,7 @@ float32 reference. Run on the accelerator machine:
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -180,14 +181,18 @@ def references(modules, frames):
     return ref32, naive
 
 
-@pytest.mark.parametrize("name", ["paper", "lowvram"])
+@pytest.mark.parametrize("name", ["paper", "lowvram", "paper+compile"])
 def test_fast_runtime_gradient_on_the_frames_matches_eager(modules, frames, references, name):
+    """paper+compile: the paper runtime with the UNets' forward under torch.compile
+    (``--set teachers.compile=default``)."""
     ref32, naive = references
-    rt = runtime_of(preset(name).teachers)
+    rt = runtime_of(preset(name.removesuffix("+compile")).teachers)
+    if name.endswith("+compile"):
+        rt = dataclasses.replace(rt, compile="default")
     vid, sd = teachers(modules, torch.bfloat16)
     for t in (vid, sd):
         configure_teacher(t, rt)
-    assert isinstance(vid.unet, FastUNet) == rt.cuda_graphs
+    assert isinstance(vid.unet, FastUNet) == (rt.cuda_graphs or rt.compile != "none")
     got = frame_gradient(vid, sd, frames)
     for g, r32, nv in zip(got, ref32, naive, strict=True):
         assert torch.isfinite(g).all() and r32.norm() > 0
