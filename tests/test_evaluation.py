@@ -127,7 +127,7 @@ def test_committed_ablation_records_give_the_documented_table():
 
 
 def test_committed_table_records_give_the_documented_rows_and_tests():
-    # docs/RESULTS.md, "Table 2 on today's preset": the paper's 10 rows × 16 prompts × 2 seeds
+    # docs/RESULTS.md, "Table 2 on today's preset": 10 rows × 16 prompts × 2 seeds
     rs = records.read_records([RESULTS / "ablations_table.jsonl"])
     assert {r["commit"] for r in rs} == {"e7030c0", "7b49d60", "f2cdc91"}
     assert {r["seed"] for r in rs} == {0, 1}
