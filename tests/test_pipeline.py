@@ -463,6 +463,34 @@ def test_nonfinite_gradient_skips_the_step(tmp_path, monkeypatch):
     assert [r["skipped_steps"] for r in records if r["step"] in (1, 2)] == [0, 1]
 
 
+def test_end_of_phase_line_times_the_first_step_apart(tmp_path, monkeypatch):
+    """The end-of-phase line of losses.jsonl gives the first step's seconds apart (where the
+    one-time costs land: CUDA graph capture, cuDNN autotuning, torch.compile); here a first
+    step made 0.3 s slower than the others."""
+    import time
+
+    import ayg.stages as stages
+    from ayg.stages import LossLog, RunContext, run_stage1
+    from ayg.teachers import build_teachers
+
+    plain = stages.distill_loss
+
+    def slow_first(teacher, term, images, prompt, step, *args, **kwargs):
+        if step == 0:
+            time.sleep(0.3)
+        return plain(teacher, term, images, prompt, step, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "distill_loss", slow_first)
+    cfg = tiny()
+    teachers = build_teachers(cfg.teachers, torch.device("cpu"), ("multiview", "image"))
+    log = tmp_path / "losses.jsonl"
+    ctx = RunContext(device=torch.device("cpu"), log=LossLog(log), progress=False)
+    run_stage1("a red ball", cfg.stage1, teachers, ctx, seed=0)
+    end = json.loads(log.read_text().splitlines()[-1])
+    assert end["step"] == cfg.stage1.steps
+    assert 0.3 <= end["first_step_seconds"] <= end["seconds"]
+
+
 @pytest.mark.parametrize("stop_phase", ["finetune3d", "finetune4d"])
 def test_resume_inside_finetuning_equals_uninterrupted(tmp_path, stop_phase):
     """Interrupted during a fine-tuning phase (C.9), the resumed run skips the finished phases

@@ -213,10 +213,23 @@ def _reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _phase_record(device: torch.device, t0: float, skipped: int) -> dict[str, float]:
-    """The end-of-phase line of losses.jsonl: wall seconds of the steps run, skipped steps and,
-    on CUDA, the phase's peak of allocated memory in GiB (weights included)."""
+def _synced_clock(device: torch.device) -> float:
+    """perf_counter once the device has finished the work queued so far."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _phase_record(
+    device: torch.device, t0: float, skipped: int, first_step: float | None = None
+) -> dict[str, float]:
+    """The end-of-phase line of losses.jsonl: wall seconds of the steps run, the first of them
+    alone (``first_step_seconds``: it pays the one-time costs, CUDA graph capture, cuDNN
+    autotuning, ``torch.compile``), skipped steps and, on CUDA, the phase's peak of allocated
+    memory in GiB (weights included)."""
     rec = {"seconds": time.perf_counter() - t0, "skipped_steps": skipped}
+    if first_step is not None:
+        rec["first_step_seconds"] = first_step
     if device.type == "cuda":
         rec["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return rec
@@ -366,7 +379,7 @@ def run_stage1(
 
     bar = _progress(cfg.steps, start, phase, ctx.progress)
     _reset_peak_memory(device)
-    t0 = time.perf_counter()
+    t0, first_step = time.perf_counter(), None
     for step in range(start, cfg.steps):
         update_learning_rate(optimizer, lr, step)
         # drawn on the host, then moved: the view words below are read without a GPU sync
@@ -449,9 +462,11 @@ def run_stage1(
                 "generator": generator.get_state(),
             },
         )
+        if first_step is None:  # one host sync, once per run of the loop
+            first_step = _synced_clock(device) - t0
     if bar is not None:
         bar.close()
-    ctx.log.write(phase, cfg.steps, _phase_record(device, t0, skipped))
+    ctx.log.write(phase, cfg.steps, _phase_record(device, t0, skipped, first_step))
     return cloud.detached()
 
 
@@ -627,7 +642,7 @@ def run_stage2(
     B, F, H, W = cfg.batch, cfg.frames, cfg.height, cfg.width
     bar = _progress(cfg.steps, start, phase, ctx.progress)
     _reset_peak_memory(device)
-    t0 = time.perf_counter()
+    t0, first_step = time.perf_counter(), None
     for step in range(start, cfg.steps):
         fps, tau = fps_sampler.sample(B, generator, device)  # (B,), (B, F)
         cams = cam_sampler.sample(B, generator, device)  # B·F cameras, clip-major
@@ -710,10 +725,11 @@ def run_stage2(
                 "generator": generator.get_state(),
             },
         )
+        if first_step is None:  # one host sync, once per run of the loop
+            first_step = _synced_clock(device) - t0
     if bar is not None:
         bar.close()
     trained.requires_grad_(False)
-    ctx.log.write(
-        phase, cfg.steps, {**_phase_record(device, t0, skipped), "shared_encoder": share_posterior}
-    )
+    record = _phase_record(device, t0, skipped, first_step)
+    ctx.log.write(phase, cfg.steps, {**record, "shared_encoder": share_posterior})
     return motion

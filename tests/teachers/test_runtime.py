@@ -297,6 +297,7 @@ def test_stage2_loop_shares_the_encoder_pass_and_trains_the_same_field(
     assert encoded[True] == 2 * (2 * 4)  # steps × B·F
     assert encoded[False] == 2 * (2 * 4 + 2 * 2)  # and the picked frames once more
     assert ends[True]["shared_encoder"] is True and ends[False]["shared_encoder"] is False
+    assert all(0 < e["first_step_seconds"] <= e["seconds"] for e in ends.values())
     for k, v in fields[False].items():
         torch.testing.assert_close(fields[True][k], v, rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(fields[True][k], v) for k, v in start.items())
