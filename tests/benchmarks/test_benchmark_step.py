@@ -47,13 +47,11 @@ def test_stage2_step_benchmark_on_tiny_teachers(tmp_path, video, frames, net):
 def test_device_busy_time_counts_each_kernel_once(monkeypatch):
     """The profiler puts the ProfilerStep and record_function ranges on the device timeline too,
     spanning the kernels inside them; the busy time is the kernels' alone."""
-    import importlib.util
     from types import SimpleNamespace as Event
 
-    spec = importlib.util.spec_from_file_location("step_bench", ROOT / "benchmarks" / "step.py")
-    step = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "step_bench", step)  # its dataclasses look it up
-    spec.loader.exec_module(step)
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import step
+
     cpu, cuda = "cpu", "cuda"
     events = [
         Event(key="ProfilerStep*", device_type=cuda, is_user_annotation=False, t=1740e3),
