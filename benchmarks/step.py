@@ -644,6 +644,7 @@ def variants_of(paper: Runtime) -> dict[str, Runtime]:
         "paper-no-graphs": dataclasses.replace(paper, cuda_graphs=False),
         "paper-keep": dataclasses.replace(paper, encoder_backward="keep"),
         "paper-convs": dataclasses.replace(paper, encoder_backward="convs"),
+        "paper-fused": dataclasses.replace(paper, encoder_backward="fused"),
         "paper-channels-last": dataclasses.replace(paper, channels_last=not paper.channels_last),
         "paper-no-cudnn-bench": dataclasses.replace(paper, cudnn_benchmark=False),
         "paper-no-tf32": dataclasses.replace(paper, tf32=False),

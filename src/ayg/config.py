@@ -559,9 +559,10 @@ def validate(cfg: RunConfig) -> None:
         if value is not None and not value.strip():
             raise ValueError(f"{_field('teachers.' + name)} must be a non-empty string or null")
     _check_int("teachers.grad_frames", t.grad_frames, 1, cfg.stage2.frames or 256, optional=True)
-    if t.encoder_backward not in ("keep", "convs", "lean", "recompute"):
+    if t.encoder_backward not in ("keep", "convs", "lean", "recompute", "fused"):
         raise ValueError(
-            "config field 'teachers.encoder_backward' must be keep, convs, lean or recompute, "
+            "config field 'teachers.encoder_backward' must be keep, convs, lean, recompute or "
+            "fused, "
             f"got '{t.encoder_backward}'"
         )
     _check_int("teachers.encoder_chunk", t.encoder_chunk, 1, 4096)

@@ -79,7 +79,7 @@ def make_video(tokenizer) -> VideoTeacher:
 # -- the encoder's backward ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["convs", "lean", "recompute"])
+@pytest.mark.parametrize("mode", ["convs", "lean", "recompute", "fused"])
 @pytest.mark.parametrize("sample", [True, False])
 def test_encoder_backward_modes_give_the_eager_latents_and_gradient(mode, sample):
     """Same latents, same posterior noise, same gradient as storing every activation; 7 frames
@@ -106,7 +106,7 @@ def test_encoder_backward_is_checked():
     vae = tiny_vae().eval().requires_grad_(False)
     with pytest.raises(ValueError, match="encoder_backward must be one of keep, convs, lean"):
         encode_frames(vae, torch.rand(1, 3, 8, 8, requires_grad=True), RES, backward="fast")
-    assert ENCODER_BACKWARDS == ("keep", "convs", "lean", "recompute")
+    assert ENCODER_BACKWARDS == ("keep", "convs", "lean", "recompute", "fused")
 
 
 def test_recompute_mode_runs_the_encoder_again_in_the_backward():
@@ -149,8 +149,9 @@ def stage2_gradient(video, sd, frames: torch.Tensor) -> torch.Tensor:
     [
         Runtime(encoder_backward="lean", encoder_chunk=3, channels_last=True, cuda_graphs=True),
         Runtime(encoder_backward="recompute", encoder_chunk=2),
+        Runtime(encoder_backward="fused", cuda_graphs=True),
     ],
-    ids=["lean+channels_last+graphs", "recompute"],
+    ids=["lean+channels_last+graphs", "recompute", "fused+graphs"],
 )
 def test_step_gradient_on_the_frames_is_the_eager_one(tokenizer, runtime):
     video, sd = make_video(tokenizer), make_sd(tokenizer)
@@ -396,7 +397,7 @@ def test_lowvram_preset_keeps_the_paper_settings_and_trades_time():
         (
             "encoder_backward",
             "fast",
-            "'teachers.encoder_backward' must be keep, convs, lean or recompute, got 'fast'",
+            "'teachers.encoder_backward' must be keep, convs, lean, recompute or fused, got 'fast'",
         ),
         ("encoder_chunk", 0, "'teachers.encoder_chunk' must be an integer from 1 to 4096, got 0"),
         ("compile", "max", "'teachers.compile' must be one of none, default, reduce-overhead"),

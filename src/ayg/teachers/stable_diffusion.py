@@ -92,13 +92,15 @@ def resize_bilinear(images: Tensor, size: tuple[int, int]) -> Tensor:
 #: convolution and attention outputs and recomputes the normalisations, activations and
 #: additions from them in the backward (the elementwise forward work twice); "lean" stores those
 #: only below the input's resolution and also recomputes the full-resolution convolutions;
-#: "recompute" stores only the input and runs the whole encoder forward again in the backward.
+#: "recompute" stores only the input and runs the whole encoder forward again in the backward;
+#: "fused" recomputes nothing: GroupNorm and SiLU run as one op that stores only its input and
+#: the frozen convolutions store nothing (:mod:`ayg.teachers.fused_encoder`).
 #: Measured on the SD VAE at 320×512 in bf16 on an H200 (benchmarks/step.py, 64 frames, chunks
 #: of 8): 0.93, 0.45, 0.27 and 0.12 GiB per frame, for 1.0×, 1.33×, 1.47× and 1.65× the time of
 #: "keep" (docs/results/step.md). "convs", "lean" and "recompute" run ``chunk``
 #: frames per checkpointed call, so the backward holds one chunk's recomputed activations; a
 #: call of at most ``chunk`` frames (stage 1's 4 views) is one chunk and stores everything.
-ENCODER_BACKWARDS = ("keep", "convs", "lean", "recompute")
+ENCODER_BACKWARDS = ("keep", "convs", "lean", "recompute", "fused")
 
 
 def check_encoder_backward(mode: str) -> str:
@@ -150,6 +152,11 @@ def posterior_moments(
     encoder's activations kept for the backward as ``backward`` says (:data:`ENCODER_BACKWARDS`;
     torch.utils.checkpoint, non-reentrant: the backward recomputes one chunk at a time)."""
     check_encoder_backward(backward)
+    if backward == "fused" and torch.is_grad_enabled() and x.requires_grad:
+        from ayg.teachers.fused_encoder import fused_encoder
+
+        with fused_encoder(vae):
+            return _posterior(vae, x)
     one_chunk = chunk is not None and x.shape[0] <= chunk
     if backward == "keep" or one_chunk or not (torch.is_grad_enabled() and x.requires_grad):
         return _posterior(vae, x)
