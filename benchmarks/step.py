@@ -651,10 +651,11 @@ def variants_of(paper: Runtime) -> dict[str, Runtime]:
     }
 
 
-def runtimes(compile_mode: str, variants: list[str]) -> dict[str, Runtime]:
-    """naive, paper, lowvram and the named variants of the paper runtime."""
+def runtimes(compile_mode: str | None, variants: list[str]) -> dict[str, Runtime]:
+    """naive, paper (``compile_mode``: None keeps the preset's), lowvram and the named variants
+    of the paper runtime."""
     paper = runtime_of(preset("paper").teachers)
-    if compile_mode != "none":
+    if compile_mode is not None:
         paper = dataclasses.replace(paper, compile=compile_mode)
     out = {"naive": NAIVE, "paper": paper, "lowvram": runtime_of(preset("lowvram").teachers)}
     known = variants_of(paper)
@@ -772,8 +773,9 @@ def main() -> None:
     ap.add_argument(
         "--compile",
         choices=["none", "default", "max-autotune-no-cudagraphs"],
-        default="none",
-        help="torch.compile the UNets' forward in the optimised runtime (cost: the first step)",
+        default=None,
+        help="torch.compile mode of the UNets' forward in the paper runtime (default: the paper "
+        "preset's teachers.compile; its cost lands in each loop's first step)",
     )
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each loop")
     ap.add_argument("--iters", type=int, default=5, help="timed steps of each loop")
@@ -828,12 +830,12 @@ def main() -> None:
         torch=torch.__version__,
         peak_tflops=peak,
         video_teacher=args.video,
-        compile=args.compile,
         gaussians=n_gauss,
         command=" ".join(["python", "benchmarks/step.py", *sys.argv[1:]]),
     )
     variants = [v for v in args.variants.split(",") if v]
     rts = {k: v for k, v in runtimes(args.compile, variants).items() if k not in skip}
+    res["compile"] = runtimes(args.compile, [])["paper"].compile
     res["runtimes"] = {k: dataclasses.asdict(v) for k, v in rts.items()}
     s1cfg, s2cfg = stage_configs(args.tiny)
     cloud = make_cloud(n_gauss, device)

@@ -415,3 +415,32 @@ def test_runtime_rejects_unknown_modes():
         Runtime(compile="fastest")
     with pytest.raises(ValueError, match="encoder_chunk must be >= 1"):
         Runtime(encoder_chunk=0)
+
+
+def test_a_unet_is_compiled_once_however_often_it_is_wrapped(tokenizer, monkeypatch):
+    """Each stage loop configures its teachers again; the compiled module is reused, so a
+    process traces and compiles each UNet once per mode (torch.compile stands in here for a
+    counting identity: the CPU test machine has no compiler to run inductor)."""
+    calls = []
+
+    def fake_compile(module, **kw):
+        calls.append((module, kw["mode"]))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    sd = make_sd(tokenizer)
+    keys = set(sd.unet.state_dict())
+    x = torch.randn(2, 4, 8, 8)
+    emb = torch.randn(2, 8, sd.unet.config.cross_attention_dim)
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        ref = sd.unet(x, t, encoder_hidden_states=emb).sample
+    for _ in range(3):
+        configure_teacher(sd, Runtime(compile="default"))
+        assert isinstance(sd.unet, FastUNet)
+        with torch.no_grad():
+            torch.testing.assert_close(sd.unet(x, t, encoder_hidden_states=emb).sample, ref)
+    configure_teacher(sd, Runtime(compile="max-autotune-no-cudagraphs"))
+    assert [mode for _, mode in calls] == ["default", "max-autotune-no-cudagraphs"]
+    assert calls[0][0] is calls[1][0] is sd.unet.inner
+    assert set(sd.unet.inner.state_dict()) == keys  # the cache is not a submodule

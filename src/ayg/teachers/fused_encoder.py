@@ -42,7 +42,7 @@ try:  # module globals: Triton's interpreter patches the ``tl`` a kernel finds i
 except ImportError:  # the PyTorch formulas run instead
     triton = tl = None
 
-BLOCK = 2048  # elements of a row per Triton tile
+BLOCK = 2048  # the largest tile, in elements of one channel
 PROGRAMS = 1024  # Triton programs a launch aims for (rows × splits): ~8 per SM on an H200
 
 
@@ -50,120 +50,122 @@ PROGRAMS = 1024  # Triton programs a launch aims for (rows × splits): ~8 per SM
 def _kernels():
     """The Triton kernels, built on first use (``TRITON_INTERPRET=1`` runs them on the CPU).
 
-    Every kernel sees x as rows of ``L`` contiguous elements, one row per (sample, group) of an
-    NCHW tensor; element ``o`` of row ``r`` has channel ``(r % G)·CPG + o // HW``. A launch is a
-    grid (rows, splits): split ``s`` of a row covers its tiles ``[s·T, (s+1)·T)``. The backward
-    kernels recompute the normalised value and the SiLU's derivative from x.
+    Every kernel sees x as rows of ``CPG·HW`` contiguous elements, one row per (sample, group)
+    of an NCHW tensor, and a row as ``CPG·TPC`` tiles of ``BLOCK`` elements, ``TPC`` tiles per
+    channel, so that a tile has one channel's weight and bias. A launch is a grid (rows,
+    splits): split ``s`` of a row covers its tiles ``[s·T, (s+1)·T)``. The statistics are
+    sums of ``x - x[row, 0]`` and of its square (a shift by one of the row's values keeps the
+    variance's float32 sums from cancelling); the backward kernels recompute the normalised
+    value and the SiLU's derivative from x.
     """
 
     @triton.jit
-    def stats(X, N_OUT, MEAN_OUT, M2_OUT, L, T, S, BLOCK: tl.constexpr):
-        # one split's (count, mean, M2) over its tiles, combined tile by tile (Chan et al.)
+    def stats(X, PIVOT, S1, S2, HW, CPG, TPC, T, S, BLOCK: tl.constexpr):
         row, split = tl.program_id(0), tl.program_id(1)
-        base = X + row.to(tl.int64) * L
+        base = row.to(tl.int64) * CPG * HW
+        pivot = tl.load(PIVOT + row)
         lanes = tl.arange(0, BLOCK)
-        n = 0.0
-        mean = 0.0
-        m2 = 0.0
+        acc1 = tl.zeros((BLOCK,), tl.float32)
+        acc2 = tl.zeros((BLOCK,), tl.float32)
         for t in range(0, T):
-            offs = (split * T + t) * BLOCK + lanes
-            mask = offs < L
-            x = tl.load(base + offs, mask=mask, other=0.0).to(tl.float32)
-            n_t = tl.sum(mask.to(tl.float32), axis=0)
-            mean_t = tl.sum(x, axis=0) / tl.maximum(n_t, 1.0)
-            d = tl.where(mask, x - mean_t, 0.0)
-            m2_t = tl.sum(d * d, axis=0)
-            total = n + n_t
-            delta = mean_t - mean
-            frac = n_t / tl.maximum(total, 1.0)
-            mean = mean + delta * frac
-            m2 = m2 + m2_t + delta * delta * n * frac
-            n = total
-        out = row * S + split
-        tl.store(N_OUT + out, n)
-        tl.store(MEAN_OUT + out, mean)
-        tl.store(M2_OUT + out, m2)
+            k = split * T + t
+            hw = (k % TPC) * BLOCK + lanes
+            mask = (hw < HW) & (k < CPG * TPC)
+            x = tl.load(X + base + (k // TPC) * HW + hw, mask=mask, other=0.0).to(tl.float32)
+            d = tl.where(mask, x - pivot, 0.0)
+            acc1 += d
+            acc2 += d * d
+        tl.store(S1 + row * S + split, tl.sum(acc1, axis=0))
+        tl.store(S2 + row * S + split, tl.sum(acc2, axis=0))
 
     @triton.jit
-    def forward(X, Y, MEAN, RSTD, W, B, L, HW, CPG, G, T, BLOCK: tl.constexpr):
+    def forward(X, Y, PIVOT, SHIFT, RSTD, W, B, HW, CPG, G, TPC, T, BLOCK: tl.constexpr):
         row, split = tl.program_id(0), tl.program_id(1)
-        base = row.to(tl.int64) * L
-        mean = tl.load(MEAN + row)
+        base = row.to(tl.int64) * CPG * HW
+        pivot = tl.load(PIVOT + row)
+        shift = tl.load(SHIFT + row)
         rstd = tl.load(RSTD + row)
-        g = row % G
         lanes = tl.arange(0, BLOCK)
         for t in range(0, T):
-            offs = (split * T + t) * BLOCK + lanes
-            mask = offs < L
-            x = tl.load(X + base + offs, mask=mask, other=0.0).to(tl.float32)
-            c = g * CPG + offs // HW
-            w = tl.load(W + c, mask=mask, other=0.0).to(tl.float32)
-            z = (x - mean) * rstd * w + tl.load(B + c, mask=mask, other=0.0).to(tl.float32)
-            y = z * tl.sigmoid(z)
-            tl.store(Y + base + offs, y.to(Y.dtype.element_ty), mask=mask)
+            k = split * T + t
+            c = k // TPC
+            if c < CPG:
+                w = tl.load(W + (row % G) * CPG + c).to(tl.float32) * rstd
+                b = tl.load(B + (row % G) * CPG + c).to(tl.float32)
+                hw = (k % TPC) * BLOCK + lanes
+                mask = hw < HW
+                x = tl.load(X + base + c * HW + hw, mask=mask, other=0.0).to(tl.float32)
+                z = ((x - pivot) - shift) * w + b
+                y = z * tl.sigmoid(z)
+                tl.store(Y + base + c * HW + hw, y.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def backward_sums(X, DY, MEAN, RSTD, W, B, SG, SGX, L, HW, CPG, G, T, S,
-                      BLOCK: tl.constexpr):  # fmt: skip
+    def backward(X, DY, DX, PIVOT, SHIFT, RSTD, W, B, SG, SGX, MG, MGX, HW, CPG, G, TPC, T, S,
+                 BLOCK: tl.constexpr, SUMS: tl.constexpr):  # fmt: skip
+        # SUMS: write this split's sums of d loss/d xhat and of it times xhat; else dx
         row, split = tl.program_id(0), tl.program_id(1)
-        base = row.to(tl.int64) * L
-        mean = tl.load(MEAN + row)
+        base = row.to(tl.int64) * CPG * HW
+        pivot = tl.load(PIVOT + row)
+        shift = tl.load(SHIFT + row)
         rstd = tl.load(RSTD + row)
-        g = row % G
         lanes = tl.arange(0, BLOCK)
         acc_g = tl.zeros((BLOCK,), tl.float32)
         acc_gx = tl.zeros((BLOCK,), tl.float32)
+        mg = 0.0
+        mgx = 0.0
+        if not SUMS:
+            mg = tl.load(MG + row)
+            mgx = tl.load(MGX + row)
         for t in range(0, T):
-            offs = (split * T + t) * BLOCK + lanes
-            mask = offs < L
-            x = tl.load(X + base + offs, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + base + offs, mask=mask, other=0.0).to(tl.float32)
-            c = g * CPG + offs // HW
-            w = tl.load(W + c, mask=mask, other=0.0).to(tl.float32)
-            xhat = (x - mean) * rstd
-            z = xhat * w + tl.load(B + c, mask=mask, other=0.0).to(tl.float32)
-            s = tl.sigmoid(z)
-            gh = dy * s * (1.0 + z * (1.0 - s)) * w  # d loss / d xhat
-            acc_g += tl.where(mask, gh, 0.0)
-            acc_gx += tl.where(mask, gh * xhat, 0.0)
-        out = row * S + split
-        tl.store(SG + out, tl.sum(acc_g, axis=0))
-        tl.store(SGX + out, tl.sum(acc_gx, axis=0))
+            k = split * T + t
+            c = k // TPC
+            if c < CPG:
+                w = tl.load(W + (row % G) * CPG + c).to(tl.float32)
+                b = tl.load(B + (row % G) * CPG + c).to(tl.float32)
+                hw = (k % TPC) * BLOCK + lanes
+                mask = hw < HW
+                x = tl.load(X + base + c * HW + hw, mask=mask, other=0.0).to(tl.float32)
+                dy = tl.load(DY + base + c * HW + hw, mask=mask, other=0.0).to(tl.float32)
+                xhat = ((x - pivot) - shift) * rstd
+                z = xhat * w + b
+                s = tl.sigmoid(z)
+                gh = tl.where(mask, dy * s * (1.0 + z * (1.0 - s)) * w, 0.0)  # d loss / d xhat
+                if SUMS:
+                    acc_g += gh
+                    acc_gx += gh * xhat
+                else:
+                    dx = rstd * (gh - mg - xhat * mgx)
+                    tl.store(DX + base + c * HW + hw, dx.to(DX.dtype.element_ty), mask=mask)
+        if SUMS:
+            tl.store(SG + row * S + split, tl.sum(acc_g, axis=0))
+            tl.store(SGX + row * S + split, tl.sum(acc_gx, axis=0))
 
-    @triton.jit
-    def backward_dx(X, DY, DX, MEAN, RSTD, W, B, SG, SGX, L, HW, CPG, G, T,
-                    BLOCK: tl.constexpr):  # fmt: skip
-        row, split = tl.program_id(0), tl.program_id(1)
-        base = row.to(tl.int64) * L
-        mean = tl.load(MEAN + row)
-        rstd = tl.load(RSTD + row)
-        mg = tl.load(SG + row) / L
-        mgx = tl.load(SGX + row) / L
-        g = row % G
-        lanes = tl.arange(0, BLOCK)
-        for t in range(0, T):
-            offs = (split * T + t) * BLOCK + lanes
-            mask = offs < L
-            x = tl.load(X + base + offs, mask=mask, other=0.0).to(tl.float32)
-            dy = tl.load(DY + base + offs, mask=mask, other=0.0).to(tl.float32)
-            c = g * CPG + offs // HW
-            w = tl.load(W + c, mask=mask, other=0.0).to(tl.float32)
-            xhat = (x - mean) * rstd
-            z = xhat * w + tl.load(B + c, mask=mask, other=0.0).to(tl.float32)
-            s = tl.sigmoid(z)
-            gh = dy * s * (1.0 + z * (1.0 - s)) * w  # d loss / d xhat
-            dx = rstd * (gh - mg - xhat * mgx)
-            tl.store(DX + base + offs, dx.to(DX.dtype.element_ty), mask=mask)
-
-    return stats, forward, backward_sums, backward_dx
+    return stats, forward, backward
 
 
-def _grid(rows: int, length: int, block: int, programs: int) -> tuple[int, int]:
-    """(splits per row, tiles per split) so that rows × splits ≈ ``programs``."""
-    tiles = math.ceil(length / block)
-    splits = max(1, min(tiles, math.ceil(programs / rows)))
-    per = math.ceil(tiles / splits)
-    return math.ceil(tiles / per), per
+def _block(hw: int, cap: int) -> int:
+    """Tile size: the largest power of two up to ``cap`` that divides H·W (no masked lanes),
+    at least 128, or H·W rounded up to a power of two when smaller."""
+    block = cap
+    while block > 128 and hw % block:
+        block //= 2
+    return min(block, max(16, triton.next_power_of_2(hw)))
+
+
+class _Launch:
+    """Grid and sizes of one (N, C, *spatial) tensor's kernels."""
+
+    def __init__(self, x: Tensor, groups: int, cap: int, programs: int) -> None:
+        n, c = x.shape[:2]
+        self.rows, self.cpg, self.hw = n * groups, c // groups, x[0, 0].numel()
+        self.block = _block(self.hw, cap)
+        self.tpc = math.ceil(self.hw / self.block)
+        tiles = self.cpg * self.tpc
+        splits = max(1, min(tiles, math.ceil(programs / self.rows)))
+        self.per = math.ceil(tiles / splits)  # tiles per split
+        self.splits = math.ceil(tiles / self.per)
+        self.grid = (self.rows, self.splits)
+        self.warps = 8 if self.block >= 2048 else 4
 
 
 def _use_triton(x: Tensor) -> bool:
@@ -192,16 +194,15 @@ def _stats_torch(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
     return mean, torch.rsqrt(var + eps)
 
 
-def _stats_triton(x: Tensor, groups: int, eps: float, block: int, programs: int):
-    stats = _kernels()[0]
-    rows, length, _, _ = _shape(x, groups)
-    splits, per = _grid(rows, length, block, programs)
-    n, mean, m2 = (torch.empty(rows, splits, device=x.device) for _ in range(3))
-    stats[(rows, splits)](x, n, mean, m2, length, per, splits, BLOCK=block)
-    total = n.sum(1, keepdim=True)  # = length
-    mu = (n * mean).sum(1, keepdim=True) / total
-    m2 = (m2 + n * (mean - mu) ** 2).sum(1)
-    return mu.squeeze(1), torch.rsqrt(m2 / length + eps)
+def _stats_triton(x: Tensor, groups: int, eps: float, launch: _Launch):
+    length = launch.cpg * launch.hw
+    pivot = x.reshape(launch.rows, length)[:, 0].float().contiguous()
+    s1, s2 = (torch.empty(launch.rows, launch.splits, device=x.device) for _ in range(2))
+    _kernels()[0][launch.grid](x, pivot, s1, s2, launch.hw, launch.cpg, launch.tpc, launch.per,
+                               launch.splits, BLOCK=launch.block, num_warps=launch.warps)  # fmt: skip
+    shift = s1.sum(1) / length
+    var = (s2.sum(1) / length - shift * shift).clamp_min(0.0)
+    return pivot, shift, torch.rsqrt(var + eps)  # the mean is pivot + shift
 
 
 def _affine_torch(x, mean, rstd, weight, bias, groups):
@@ -219,39 +220,42 @@ class _GroupNormSiLU(torch.autograd.Function):
         x = x.contiguous()
         triton_path = _use_triton(x)
         if triton_path:
-            mean, rstd = _stats_triton(x, groups, eps, block, programs)
+            launch = _Launch(x, groups, block, programs)
+            pivot, shift, rstd = _stats_triton(x, groups, eps, launch)
             y = torch.empty_like(x)
-            rows, length, hw, cpg = _shape(x, groups)
-            splits, per = _grid(rows, length, block, programs)
-            _kernels()[1][(rows, splits)](
-                x, y, mean, rstd, weight, bias, length, hw, cpg, groups, per, BLOCK=block
-            )
+            _kernels()[1][launch.grid](x, y, pivot, shift, rstd, weight, bias, launch.hw, launch.cpg,
+                                       groups, launch.tpc, launch.per, BLOCK=launch.block,
+                                       num_warps=launch.warps)  # fmt: skip
         else:
-            mean, rstd = _stats_torch(x, groups, eps)
-            _, _, z = _affine_torch(x, mean, rstd, weight, bias, groups)
+            pivot, rstd = _stats_torch(x, groups, eps)
+            shift = torch.zeros_like(pivot)
+            _, _, z = _affine_torch(x, pivot, rstd, weight, bias, groups)
             y = F.silu(z).to(x.dtype)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.save_for_backward(x, weight, bias, pivot, shift, rstd)
         ctx.groups, ctx.block, ctx.programs, ctx.triton_path = groups, block, programs, triton_path
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+        x, weight, bias, pivot, shift, rstd = ctx.saved_tensors
         groups = ctx.groups
         dy = dy.contiguous()
         rows, length, hw, cpg = _shape(x, groups)
         if ctx.triton_path:
-            _, _, backward_sums, backward_dx = _kernels()
-            splits, per = _grid(rows, length, ctx.block, ctx.programs)
-            sg, sgx = (torch.empty(rows, splits, device=x.device) for _ in range(2))
-            backward_sums[(rows, splits)](x, dy, mean, rstd, weight, bias, sg, sgx, length, hw,
-                                          cpg, groups, per, splits, BLOCK=ctx.block)  # fmt: skip
-            sg, sgx = sg.sum(1).contiguous(), sgx.sum(1).contiguous()
+            backward, launch = _kernels()[2], _Launch(x, groups, ctx.block, ctx.programs)
+            sg, sgx = (torch.empty(launch.rows, launch.splits, device=x.device) for _ in range(2))
             dx = torch.empty_like(x)
-            backward_dx[(rows, splits)](x, dy, dx, mean, rstd, weight, bias, sg, sgx, length, hw,
-                                        cpg, groups, per, BLOCK=ctx.block)  # fmt: skip
+            mg = mgx = sg  # read only by the second launch, which gets the means
+            for sums in (True, False):
+                backward[launch.grid](x, dy, dx, pivot, shift, rstd, weight, bias, sg, sgx, mg, mgx,
+                                      launch.hw, launch.cpg, groups, launch.tpc, launch.per,
+                                      launch.splits, BLOCK=launch.block, SUMS=sums,
+                                      num_warps=launch.warps)  # fmt: skip
+                if sums:
+                    length = launch.cpg * launch.hw
+                    mg, mgx = sg.sum(1) / length, sgx.sum(1) / length
         else:
-            xhat, w, z = _affine_torch(x, mean, rstd, weight, bias, groups)
+            xhat, w, z = _affine_torch(x, pivot + shift, rstd, weight, bias, groups)
             s = torch.sigmoid(z)
             gh = (dy.to(z.dtype) * s * (1.0 + z * (1.0 - s)) * w).reshape(rows, length)
             xhat = xhat.reshape(rows, length)

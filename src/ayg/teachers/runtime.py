@@ -114,10 +114,12 @@ class FastUNet(nn.Module):
         self.compile_mode = compile
         self.key = key
         self.graphs: dict[tuple, _Graph] = {}
-        fn = self._plain
+        self._fn = self._plain
         if compile != "none":
-            fn = torch.compile(self._plain, mode=compile, dynamic=False, fullgraph=False)
-        self._fn = fn
+            module = compiled(unet, compile)
+            self._fn = lambda sample, timestep, **kw: module(
+                sample, timestep, return_dict=False, **kw
+            )[0]
 
     @property
     def config(self) -> Any:
@@ -127,7 +129,9 @@ class FastUNet(nn.Module):
         return self.inner(sample, timestep, return_dict=False, **kwargs)[0]
 
     def forward(self, sample: Tensor, timestep: Tensor, **kwargs: Tensor) -> SimpleNamespace:
-        use_graph = self.cuda_graphs and sample.is_cuda and not torch.is_grad_enabled()
+        if not sample.is_cuda:
+            return SimpleNamespace(sample=self._plain(sample, timestep, **kwargs))
+        use_graph = self.cuda_graphs and not torch.is_grad_enabled()
         if not use_graph:
             return SimpleNamespace(sample=self._fn(sample, timestep, **kwargs))
         args = (sample, timestep)
@@ -150,6 +154,17 @@ class FastUNet(nn.Module):
     def _apply(self, fn, recurse: bool = True):  # .to(), .cuda(), .half(): the graphs go stale
         self.graphs.clear()
         return super()._apply(fn, recurse)
+
+
+def compiled(unet: nn.Module, mode: str) -> nn.Module:
+    """``torch.compile(unet, mode=mode)``, once per UNet and mode in a process: every
+    :class:`FastUNet` around the same UNet calls the same compiled module, so wrapping it again
+    (each stage loop configures its teachers) does not trace and compile it again. Kept in a
+    plain attribute of the UNet (a dict, not a submodule: the state dict does not change)."""
+    cache = unet.__dict__.setdefault("_ayg_compiled", {})
+    if mode not in cache:
+        cache[mode] = torch.compile(unet, mode=mode, dynamic=False, fullgraph=False)
+    return cache[mode]
 
 
 def plain_unet(unet: nn.Module) -> nn.Module:
@@ -195,6 +210,7 @@ __all__ = [
     "NAIVE",
     "FastUNet",
     "Runtime",
+    "compiled",
     "configure_teacher",
     "plain_unet",
     "set_memory_format",
