@@ -166,11 +166,6 @@ def test_fused_encoder_stores_less_and_restores_the_vae():
         (mean.sum() + std.sum()).backward()
         out[mode] = nbytes, mean.detach(), xi.grad
     assert calls[0] == 2  # one encoder pass each: "fused" recomputes nothing
-    # a call of at most ``chunk`` frames stores everything, as in every mode
-    one_chunk, _ = saved_bytes(
-        lambda: posterior_moments(vae, x.clone().requires_grad_(), "fused", 3)
-    )
-    assert one_chunk == out["keep"][0]
     torch.testing.assert_close(out["fused"][1], out["keep"][1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out["fused"][2], out["keep"][2], rtol=1e-4, atol=1e-6)
     assert out["fused"][0] < 0.5 * out["keep"][0]

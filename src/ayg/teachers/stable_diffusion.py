@@ -97,12 +97,11 @@ def resize_bilinear(images: Tensor, size: tuple[int, int]) -> Tensor:
 #: the frozen convolutions store nothing (:mod:`ayg.teachers.fused_encoder`).
 #: Measured on the SD VAE at 320×512 in bf16 on an H200 (benchmarks/step.py, 64 frames, chunks
 #: of 8): 0.93, 0.45, 0.27 and 0.12 GiB per frame, for 1.0×, 1.33×, 1.47× and 1.65× the time of
-#: "keep" (docs/results/step.md); "fused" 0.31 GiB per frame at 0.86× the time of "keep".
-#: "convs", "lean" and "recompute" run ``chunk`` frames per checkpointed call, so the backward
-#: holds one chunk's recomputed activations; "fused" encodes all frames in one call. In every
-#: mode a call of at most ``chunk`` frames (stage 1's 4 views) stores everything, as "keep":
-#: at 4 frames the fused kernels' launches cost more than they save (MVDream's encoder 27.3
-#: against 14.8 ms).
+#: "keep", and "fused" 0.31 GiB per frame at 0.86× (docs/results/step.md). "convs", "lean" and
+#: "recompute" run ``chunk`` frames per checkpointed call, so the backward holds one chunk's
+#: recomputed activations, and a call of at most ``chunk`` frames (stage 1's 4 views) is one
+#: chunk and stores everything; "fused" runs every call fused (storing stage 1's 4 views as
+#: "keep" gave a slower stage-1 step on the H200: 93.6 against 81.9 ms).
 ENCODER_BACKWARDS = ("keep", "convs", "lean", "recompute", "fused")
 
 
@@ -155,14 +154,14 @@ def posterior_moments(
     encoder's activations kept for the backward as ``backward`` says (:data:`ENCODER_BACKWARDS`;
     torch.utils.checkpoint, non-reentrant: the backward recomputes one chunk at a time)."""
     check_encoder_backward(backward)
-    one_chunk = chunk is not None and x.shape[0] <= chunk
-    if backward == "keep" or one_chunk or not (torch.is_grad_enabled() and x.requires_grad):
-        return _posterior(vae, x)
-    if backward == "fused":
+    if backward == "fused" and torch.is_grad_enabled() and x.requires_grad:
         from ayg.teachers.fused_encoder import fused_encoder
 
         with fused_encoder(vae):
             return _posterior(vae, x)
+    one_chunk = chunk is not None and x.shape[0] <= chunk
+    if backward == "keep" or one_chunk or not (torch.is_grad_enabled() and x.requires_grad):
+        return _posterior(vae, x)
     from torch.utils.checkpoint import checkpoint
 
     context = {}
