@@ -181,20 +181,18 @@ def references(modules, frames):
     return ref32, naive
 
 
-@pytest.mark.parametrize(
-    "name", ["paper", "lowvram", "paper+compile", "paper+fused", "paper+fused+compile"]
-)
+@pytest.mark.parametrize("name", ["paper", "lowvram", "paper+eager", "paper+lean+eager"])
 def test_fast_runtime_gradient_on_the_frames_matches_eager(modules, frames, references, name):
-    """A preset's runtime, +compile: with the UNets' forward under torch.compile
-    (``teachers.compile=default``), +fused: with ``teachers.encoder_backward=fused`` (the
-    Triton GroupNorm + SiLU kernels)."""
+    """A preset's runtime (paper: the fused encoders and compiled UNets), +eager: with the
+    UNets' forward not compiled (``teachers.compile=none``), +lean: with
+    ``teachers.encoder_backward=lean``."""
     ref32, naive = references
     base, *levers = name.split("+")
     rt = runtime_of(preset(base).teachers)
-    if "compile" in levers:
-        rt = dataclasses.replace(rt, compile="default")
-    if "fused" in levers:
-        rt = dataclasses.replace(rt, encoder_backward="fused")
+    if "eager" in levers:
+        rt = dataclasses.replace(rt, compile="none")
+    if "lean" in levers:
+        rt = dataclasses.replace(rt, encoder_backward="lean")
     vid, sd = teachers(modules, torch.bfloat16)
     for t in (vid, sd):
         configure_teacher(t, rt)
