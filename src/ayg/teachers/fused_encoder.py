@@ -7,7 +7,7 @@ SiLU, the SiLU's output for the convolution) and runs GroupNorm in two kernels, 
 Inside :func:`fused_encoder`:
 
 * each ``GroupNorm`` followed by the block's SiLU is one op (:func:`group_norm_silu`) that stores
-  only its input and the per-group mean and 1/std, and recomputes the normalised value inside
+  only its input and the per-group mean (as a pivot and a shift) and 1/std, and recomputes the normalised value inside
   its backward kernels. On CUDA it runs as Triton kernels (two in the forward, two in the
   backward; written here because no library offers GroupNorm and SiLU as one differentiable op
   with frozen affine parameters), elsewhere as the same formulas in PyTorch ops;
@@ -290,9 +290,7 @@ class _FrozenConv2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        conv = ctx.conv
-        if conv.padding_mode != "zeros":
-            raise NotImplementedError("frozen_conv2d: only zero padding")
+        conv = ctx.conv  # zero padding only (frozen_conv2d)
         dx = torch.nn.grad.conv2d_input(
             ctx.shape, conv.weight, dy, conv.stride, conv.padding, conv.dilation, conv.groups
         )
@@ -331,7 +329,9 @@ def _fusable_pairs(encoder: nn.Module) -> list[tuple[nn.Module, str, str]]:
     if type(getattr(encoder, "conv_norm_out", None)) is nn.GroupNorm:
         if type(getattr(encoder, "conv_act", None)) is nn.SiLU:
             pairs.append((encoder, "conv_norm_out", "conv_act"))
-    return [p for p in pairs if type(getattr(p[0], p[1])) is nn.GroupNorm]
+    return [
+        p for p in pairs if type(getattr(p[0], p[1])) is nn.GroupNorm and getattr(p[0], p[1]).affine
+    ]
 
 
 @contextlib.contextmanager
