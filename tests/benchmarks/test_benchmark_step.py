@@ -61,3 +61,37 @@ def test_device_busy_time_counts_each_kernel_once(monkeypatch):
         Event(key="elementwise_kernel", device_type=cuda, is_user_annotation=False, t=712e3),
     ]
     assert step.kernel_time_ms(events, "t", cuda) == 1712.0
+
+
+def test_projection_counts_each_loops_one_time_costs(monkeypatch):
+    """Per loop (stage 1, 3D fine-tuning, stage 2, 4D fine-tuning): its first step beyond the
+    median, plus the paper components' first calls beyond theirs (the compilation the
+    components' phase paid before the loops ran)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import step
+
+    from ayg.config import FinetuneConfig, RunConfig
+
+    res = {
+        "stage1_step_s": 0.1,
+        "stage2_step_s": 1.0,
+        "stage1": {"paper": {"first_step_s": 0.6}},
+        "stage2": {"paper": {"first_step_s": 3.0}},
+        "components": {
+            "1": {"paper": {"unet": {"ms": 10.0, "first_ms": 40_010.0}, "enc": {"ms": 5.0}}},
+            "2": {
+                "paper": {"unet": {"ms": 400.0, "first_ms": 100_400.0}},
+                "naive": {"unet": {"ms": 600.0, "first_ms": 9e9}},  # not the paper runtime's
+            },
+        },
+    }
+    step.project(res)
+    cfg, ft = RunConfig(), FinetuneConfig()
+    over1, over2 = 0.5 + 40.0, 2.0 + 100.0
+    total = (cfg.stage1.steps + ft.steps_3d) * 0.1 + (cfg.stage2.steps + ft.steps_4d) * 1.0
+    total += 2 * over1 + 2 * over2
+    assert res["paper_pipeline_projected_min"] * 60 == pytest.approx(total)
+    p = res["projection"]
+    assert p["stage1_components_first_calls_s"] == pytest.approx(40.0)
+    assert p["stage2_components_first_calls_s"] == pytest.approx(100.0)
+    assert p["stage1_overhead_s"] == pytest.approx(over1)
