@@ -427,6 +427,10 @@ def test_a_unet_is_compiled_once_however_often_it_is_wrapped(tokenizer, monkeypa
         calls.append((module, kw["mode"]))
         return module
 
+    import torch._dynamo.config as dynamo
+
+    limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(dynamo, limit, 8)  # torch's default; given back after the test
     monkeypatch.setattr(torch, "compile", fake_compile)
     sd = make_sd(tokenizer)
     keys = set(sd.unet.state_dict())
@@ -444,3 +448,4 @@ def test_a_unet_is_compiled_once_however_often_it_is_wrapped(tokenizer, monkeypa
     assert [mode for _, mode in calls] == ["default", "max-autotune-no-cudagraphs"]
     assert calls[0][0] is calls[1][0] is sd.unet.inner
     assert set(sd.unet.inner.state_dict()) == keys  # the cache is not a submodule
+    assert getattr(dynamo, limit) >= 64  # room for a compiled graph per shape and phase

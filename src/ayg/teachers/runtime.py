@@ -163,8 +163,23 @@ def compiled(unet: nn.Module, mode: str) -> nn.Module:
     plain attribute of the UNet (a dict, not a submodule: the state dict does not change)."""
     cache = unet.__dict__.setdefault("_ayg_compiled", {})
     if mode not in cache:
+        _allow_recompiles(RECOMPILE_LIMIT)
         cache[mode] = torch.compile(unet, mode=mode, dynamic=False, fullgraph=False)
     return cache[mode]
+
+
+#: Compiled graphs torch keeps per UNet class's forward before it runs that forward eagerly. Each
+#: input shape is one (``dynamic=False``), and one process of the paper pipeline meets a UNet
+#: class at several: SD's UNet in stage 1, stage 2 and both fine-tunings, MVDream's in stage 1
+#: and the 3D fine-tuning; torch's default of 8 would leave little room.
+RECOMPILE_LIMIT = 64
+
+
+def _allow_recompiles(n: int) -> None:
+    import torch._dynamo.config as dynamo
+
+    name = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo, name, max(getattr(dynamo, name), n))
 
 
 def plain_unet(unet: nn.Module) -> nn.Module:
