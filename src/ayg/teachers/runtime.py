@@ -169,9 +169,10 @@ def compiled(unet: nn.Module, mode: str) -> nn.Module:
 
 
 #: Compiled graphs torch keeps per UNet class's forward before it runs that forward eagerly. Each
-#: input shape is one (``dynamic=False``), and one process of the paper pipeline meets a UNet
-#: class at several: SD's UNet in stage 1, stage 2 and both fine-tunings, MVDream's in stage 1
-#: and the 3D fine-tuning; torch's default of 8 would leave little room.
+#: input shape is one (``dynamic=False``), and one process of the paper pipeline meets
+#: ``UNet2DConditionModel`` at several: SD's UNet in stage 1, stage 2 and both fine-tunings and
+#: MVDream's (the same class) in stage 1 and the 3D fine-tuning; torch's default of 8 would
+#: leave little room.
 RECOMPILE_LIMIT = 64
 
 
