@@ -66,10 +66,13 @@ class TeacherConfig:
     grad_frames: int | None = None  # backprop through the video encoder for only k frames
     # How the real teachers run on CUDA (ayg.teachers.runtime); none of these changes the
     # maths, every frame keeps its gradient. encoder_backward: what the VAE encoders store for
-    # their backward, "keep" (everything), "convs" (convolution outputs), "lean" (those below
-    # full resolution) or "recompute" (nothing: the encoder runs again, encoder_chunk frames at
-    # a time); ayg.teachers.stable_diffusion.ENCODER_BACKWARDS has the memory of each.
-    # compile: "none" or a torch.compile mode for the UNets' forward.
+    # their backward, "fused" (GroupNorm + SiLU as one op storing its input, convolutions
+    # storing nothing, nothing recomputed: ayg.teachers.fused_encoder), "keep" (everything),
+    # "convs" (convolution outputs), "lean" (those below full resolution) or "recompute"
+    # (nothing: the encoder runs again, encoder_chunk frames at a time);
+    # ayg.teachers.stable_diffusion.ENCODER_BACKWARDS has the memory and time of each.
+    # compile: "none" or a torch.compile mode for the UNets' forward ("default" in the paper
+    # preset).
     encoder_backward: str = "fused"
     encoder_chunk: int = 8
     channels_last: bool = False  # measured slower on the H200: the VAE's GroupNorms (step.md)

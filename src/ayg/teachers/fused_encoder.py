@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from collections.abc import Iterator
 
 import torch
@@ -156,8 +157,7 @@ class _Launch:
     """Grid and sizes of one (N, C, *spatial) tensor's kernels."""
 
     def __init__(self, x: Tensor, groups: int, cap: int, programs: int) -> None:
-        n, c = x.shape[:2]
-        self.rows, self.cpg, self.hw = n * groups, c // groups, x[0, 0].numel()
+        self.rows, self.length, self.hw, self.cpg = _shape(x, groups)
         self.block = _block(self.hw, cap)
         self.tpc = math.ceil(self.hw / self.block)
         tiles = self.cpg * self.tpc
@@ -169,8 +169,6 @@ class _Launch:
 
 
 def _use_triton(x: Tensor) -> bool:
-    import os
-
     if triton is None:
         return False
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
@@ -194,8 +192,8 @@ def _stats_torch(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
     return mean, torch.rsqrt(var + eps)
 
 
-def _stats_triton(x: Tensor, groups: int, eps: float, launch: _Launch):
-    length = launch.cpg * launch.hw
+def _stats_triton(x: Tensor, eps: float, launch: _Launch):
+    length = launch.length
     pivot = x.reshape(launch.rows, length)[:, 0].float().contiguous()
     s1, s2 = (torch.empty(launch.rows, launch.splits, device=x.device) for _ in range(2))
     _kernels()[0][launch.grid](x, pivot, s1, s2, launch.hw, launch.cpg, launch.tpc, launch.per,
@@ -221,7 +219,7 @@ class _GroupNormSiLU(torch.autograd.Function):
         triton_path = _use_triton(x)
         if triton_path:
             launch = _Launch(x, groups, block, programs)
-            pivot, shift, rstd = _stats_triton(x, groups, eps, launch)
+            pivot, shift, rstd = _stats_triton(x, eps, launch)
             y = torch.empty_like(x)
             _kernels()[1][launch.grid](x, y, pivot, shift, rstd, weight, bias, launch.hw, launch.cpg,
                                        groups, launch.tpc, launch.per, BLOCK=launch.block,
@@ -240,7 +238,7 @@ class _GroupNormSiLU(torch.autograd.Function):
         x, weight, bias, pivot, shift, rstd = ctx.saved_tensors
         groups = ctx.groups
         dy = dy.contiguous()
-        rows, length, hw, cpg = _shape(x, groups)
+        rows, length, _, _ = _shape(x, groups)
         if ctx.triton_path:
             backward, launch = _kernels()[2], _Launch(x, groups, ctx.block, ctx.programs)
             sg, sgx = (torch.empty(launch.rows, launch.splits, device=x.device) for _ in range(2))
@@ -252,7 +250,6 @@ class _GroupNormSiLU(torch.autograd.Function):
                                       launch.splits, BLOCK=launch.block, SUMS=sums,
                                       num_warps=launch.warps)  # fmt: skip
                 if sums:
-                    length = launch.cpg * launch.hw
                     mg, mgx = sg.sum(1) / length, sgx.sum(1) / length
         else:
             xhat, w, z = _affine_torch(x, pivot + shift, rstd, weight, bias, groups)
