@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -72,12 +73,14 @@ class TeacherConfig:
     # (nothing: the encoder runs again, encoder_chunk frames at a time);
     # ayg.teachers.stable_diffusion.ENCODER_BACKWARDS has the memory and time of each.
     # compile: "none" or a torch.compile mode for the UNets' forward ("default" in the paper
-    # preset).
+    # preset); compile_cache: the folder the compiled code is kept in for later runs (None:
+    # TORCHINDUCTOR_CACHE_DIR if set, else ~/.cache/ayg/torch-compile).
     encoder_backward: str = "fused"
     encoder_chunk: int = 8
     channels_last: bool = False  # measured slower on the H200: the VAE's GroupNorms (step.md)
     cuda_graphs: bool = True
     compile: str = "none"
+    compile_cache: str | None = None
     cudnn_benchmark: bool = True
     tf32: bool = True  # float32 matrix products (the deformation field) on TF32 tensor cores
 
@@ -562,10 +565,21 @@ def validate(cfg: RunConfig) -> None:
     for name in ("image_model", "multiview_model", "video_model"):
         if not getattr(t, name).strip():
             raise ValueError(f"{_field('teachers.' + name)} must not be empty")
-    for name in ("cache_dir", "image_revision", "multiview_revision", "video_revision"):
+    for name in (
+        "cache_dir",
+        "compile_cache",
+        "image_revision",
+        "multiview_revision",
+        "video_revision",
+    ):
         value = getattr(t, name)
         if value is not None and not value.strip():
             raise ValueError(f"{_field('teachers.' + name)} must be a non-empty string or null")
+    if t.compile_cache is not None and os.path.isfile(os.path.expanduser(t.compile_cache)):
+        raise ValueError(
+            f"{_field('teachers.compile_cache')} must be a folder (it is made if missing), "
+            f"got the file {t.compile_cache}"
+        )
     _check_int("teachers.grad_frames", t.grad_frames, 1, cfg.stage2.frames or 256, optional=True)
     if t.encoder_backward not in ("keep", "convs", "lean", "recompute", "fused"):
         raise ValueError(

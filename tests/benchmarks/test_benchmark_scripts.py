@@ -1,5 +1,5 @@
-"""benchmarks/batch.py and benchmarks/viewer_fps.py --no-browser, run small: their figures are
-recorded in the JSON they write (no figure is checked, only that it was measured)."""
+"""benchmarks/batch.py, benchmarks/viewer_fps.py --no-browser and benchmarks/overlap.py --tiny,
+run small: their figures are recorded in the JSON they write (no figure is checked, only that it was measured)."""
 
 from __future__ import annotations
 
@@ -74,3 +74,21 @@ def test_viewer_fps_without_a_browser(tmp_path):
     for r in rows.values():
         assert r["gaussians"] == 64 and r["calls"] >= 1 and r["server_fps"] > 0
     assert (rows["server"]["width"], rows["server"]["height"]) == (64, 48)  # 800×600's aspect
+
+
+def test_overlap_benchmark_times_each_pair_both_ways(tmp_path):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "overlap.json"
+    res = run("overlap.py", "--tiny", "--reps", "1", "--json", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["stage"], r["calls"]) for r in rows] == [
+        ("stage 1", "UNets"),
+        ("stage 1", "encoders"),
+        ("stage 2", "UNets"),
+        ("stage 2", "encoders"),
+    ]
+    for r in rows:
+        assert min(r["a_ms"], r["b_ms"], r["sequential_ms"], r["overlapped_ms"]) > 0
+        assert r["saved_ms"] == pytest.approx(r["sequential_ms"] - r["overlapped_ms"])
+    assert "MVDream" in rows[0]["a"] and "video" in rows[2]["a"] and "SD" in rows[3]["b"]

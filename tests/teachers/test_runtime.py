@@ -4,6 +4,12 @@ checked against the plain eager path on tiny random models (CPU, float32)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -30,7 +36,14 @@ from ayg.distill import (  # noqa: E402
     term_prompts,
 )
 from ayg.teachers import runtime_of  # noqa: E402
-from ayg.teachers.runtime import NAIVE, FastUNet, Runtime, configure_teacher  # noqa: E402
+from ayg.teachers.runtime import (  # noqa: E402
+    NAIVE,
+    FastUNet,
+    Runtime,
+    configure_teacher,
+    default_compile_cache,
+    use_compile_cache,
+)
 from ayg.teachers.stable_diffusion import (  # noqa: E402
     ENCODER_BACKWARDS,
     StableDiffusionTeacher,
@@ -401,6 +414,8 @@ def test_lowvram_preset_keeps_the_paper_settings_and_trades_time():
         ),
         ("encoder_chunk", 0, "'teachers.encoder_chunk' must be an integer from 1 to 4096, got 0"),
         ("compile", "max", "'teachers.compile' must be one of none, default, reduce-overhead"),
+        ("compile_cache", " ", "'teachers.compile_cache' must be a non-empty string or null"),
+        ("compile_cache", __file__, "'teachers.compile_cache' must be a folder"),
     ],
 )
 def test_bad_runtime_settings_are_one_line_errors(field, value, message):
@@ -417,7 +432,7 @@ def test_runtime_rejects_unknown_modes():
         Runtime(encoder_chunk=0)
 
 
-def test_a_unet_is_compiled_once_however_often_it_is_wrapped(tokenizer, monkeypatch):
+def test_a_unet_is_compiled_once_however_often_it_is_wrapped(tokenizer, monkeypatch, request):
     """Each stage loop configures its teachers again; the compiled module is reused, so a
     process traces and compiles each UNet once per mode (torch.compile stands in here for a
     counting identity: the CPU test machine has no compiler to run inductor)."""
@@ -430,8 +445,10 @@ def test_a_unet_is_compiled_once_however_often_it_is_wrapped(tokenizer, monkeypa
     import torch._dynamo.config as dynamo
 
     limit = "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(dynamo, limit, 8)  # torch's default; given back after the test
     monkeypatch.setattr(torch, "compile", fake_compile)
+    patch = dynamo.patch(**{limit: 8})  # torch's default; given back after the test
+    patch.__enter__()
+    request.addfinalizer(lambda: patch.__exit__(None, None, None))
     sd = make_sd(tokenizer)
     keys = set(sd.unet.state_dict())
     x = torch.randn(2, 4, 8, 8)
@@ -449,3 +466,81 @@ def test_a_unet_is_compiled_once_however_often_it_is_wrapped(tokenizer, monkeypa
     assert calls[0][0] is calls[1][0] is sd.unet.inner
     assert set(sd.unet.inner.state_dict()) == keys  # the cache is not a submodule
     assert getattr(dynamo, limit) >= 64  # room for a compiled graph per shape and phase
+
+
+# -- the compile cache ---------------------------------------------------------------------------
+
+
+def test_the_compile_cache_is_the_users_folder_unless_one_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    home_cache = tmp_path / "home" / ".cache" / "ayg" / "torch-compile"
+    assert default_compile_cache() == str(home_cache)
+    assert use_compile_cache() == str(home_cache) and home_cache.is_dir()
+    assert torch._inductor.runtime.cache_dir_utils.cache_dir() == str(home_cache)  # torch's view
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert use_compile_cache() == str(tmp_path / "xdg" / "ayg" / "torch-compile")
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's wins
+    assert use_compile_cache() == str(tmp_path / "mine")
+    assert use_compile_cache(str(tmp_path / "given")) == str(tmp_path / "given")  # config's wins
+    assert torch._inductor.runtime.cache_dir_utils.cache_dir() == str(tmp_path / "given")
+
+
+def test_compiling_teachers_use_the_configured_cache(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: module)
+    sd = make_sd(tokenizer)
+    configure_teacher(sd, Runtime(compile="none", compile_cache=str(tmp_path / "c")))
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # nothing compiles: nothing is set
+    configure_teacher(sd, Runtime(compile="default", compile_cache=str(tmp_path / "c")))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "c")
+    cfg = preset("paper")
+    cfg.teachers.compile_cache = str(tmp_path / "d")
+    validate(cfg)
+    assert runtime_of(cfg.teachers).compile_cache == str(tmp_path / "d")
+
+
+_COMPILE_CHILD = """
+import json, sys, torch
+from torch._dynamo.utils import counters
+from ayg.teachers.runtime import compiled, use_compile_cache
+use_compile_cache(sys.argv[1])
+net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.SiLU(), torch.nn.Linear(16, 4))
+x = torch.randn(3, 8)
+with torch.no_grad():
+    torch.testing.assert_close(compiled(net, "default")(x), net(x))
+print(json.dumps(dict(counters["inductor"])))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("g++") is None, reason="inductor's CPU backend needs a C++ compiler"
+)
+def test_a_later_process_loads_the_compiled_code_from_the_cache(tmp_path):
+    """Two processes compile the same module through ``compiled`` with one cache folder: the
+    first compiles and stores, the second finds every graph in the cache (inductor's CPU
+    backend stands in for CUDA's; the cache is the same)."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"  # torch's default, whatever the caller's setting
+
+    def run() -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", _COMPILE_CHILD, str(tmp_path / "cache")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, second = run(), run()
+    assert first.get("fxgraph_cache_miss", 0) >= 1 and first.get("fxgraph_cache_hit", 0) == 0
+    assert second.get("fxgraph_cache_hit", 0) == first["fxgraph_cache_miss"]
+    assert second.get("fxgraph_cache_miss", 0) == 0
+    assert any((tmp_path / "cache").rglob("*")), "nothing was written to the cache folder"

@@ -168,6 +168,7 @@ def runtime_of(cfg: TeacherConfig):
         channels_last=cfg.channels_last,
         cuda_graphs=cfg.cuda_graphs,
         compile=cfg.compile,
+        compile_cache=cfg.compile_cache,
         cudnn_benchmark=cfg.cudnn_benchmark,
         tf32=cfg.tf32,
     )

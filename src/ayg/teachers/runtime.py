@@ -8,7 +8,8 @@ memory (the speed levers of a distillation step, AYG sec. 3.2 and E.2).
 * CUDA graphs of the UNet's no-grad forward (:class:`FastUNet`): one graph per input shape,
   captured on the first call and replayed after, so the few thousand kernels of a forward are
   launched by one call instead of by Python;
-* optionally ``torch.compile`` of that forward (a one-time cost per shape and process);
+* optionally ``torch.compile`` of that forward (a one-time cost per shape and process, kept in
+  a compile cache on disk that later runs read: :func:`use_compile_cache`);
 * ``torch.backends.cudnn.benchmark`` (each convolution shape picks its fastest kernel once) and
   TF32 for float32 matrix products (the deformation field's MLP over N Gaussians × 64 times;
   the teachers themselves run in bf16). Both are process-wide switches.
@@ -20,6 +21,7 @@ with another choice (the benchmark compares them on the same weights).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -42,6 +44,7 @@ class Runtime:
     channels_last: bool = False
     cuda_graphs: bool = False
     compile: str = "none"
+    compile_cache: str | None = None  # None: TORCHINDUCTOR_CACHE_DIR, else the user cache
     cudnn_benchmark: bool = False
     tf32: bool = False
 
@@ -183,6 +186,30 @@ def _allow_recompiles(n: int) -> None:
     setattr(dynamo, name, max(getattr(dynamo, name), n))
 
 
+def default_compile_cache() -> str:
+    """Where compiled UNets are kept between runs: ``$XDG_CACHE_HOME/ayg/torch-compile``, else
+    ``~/.cache/ayg/torch-compile`` (the rule the Hugging Face cache holding the weights follows;
+    two lines, so no library for it). torch's own default is a folder under /tmp, which
+    restarts empty after a reboot."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "ayg", "torch-compile")
+
+
+def use_compile_cache(directory: str | None = None) -> str:
+    """Point torch's compile caches (inductor's compiled graphs and their Triton kernels) at
+    ``directory`` and return it. With ``None`` a ``TORCHINDUCTOR_CACHE_DIR`` the user set wins,
+    else :func:`default_compile_cache`. The first run in a cache compiles (minutes for the
+    paper's UNets); a later run with the same UNet shapes loads the compiled code and pays only
+    the tracing (``first_step_seconds`` in ``losses.jsonl`` shows both). Process-wide: torch
+    reads the variable whenever it opens its caches."""
+    if directory is None:
+        directory = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_compile_cache()
+    directory = os.path.abspath(os.path.expanduser(directory))
+    os.makedirs(directory, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = directory
+    return directory
+
+
 def plain_unet(unet: nn.Module) -> nn.Module:
     """The diffusers UNet inside a :class:`FastUNet` (or the module itself)."""
     return unet.inner if isinstance(unet, FastUNet) else unet
@@ -207,6 +234,8 @@ def configure_teacher(teacher: Any, runtime: Runtime) -> Any:
     for module in (unet, teacher.vae):
         set_memory_format(module, runtime.channels_last)
     teacher.unet_channels_last = runtime.channels_last
+    if runtime.compile != "none":
+        use_compile_cache(runtime.compile_cache)
     if runtime.cuda_graphs or runtime.compile != "none":
         mv = getattr(teacher, "mv_attention", None)
         key = None if mv is None else (lambda: (mv.num_views, mv.enabled))
@@ -228,6 +257,8 @@ __all__ = [
     "Runtime",
     "compiled",
     "configure_teacher",
+    "default_compile_cache",
     "plain_unet",
     "set_memory_format",
+    "use_compile_cache",
 ]
