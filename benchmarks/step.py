@@ -650,6 +650,9 @@ def variants_of(paper: Runtime) -> dict[str, Runtime]:
         "paper-convs": dataclasses.replace(paper, encoder_backward="convs"),
         "paper-fused": dataclasses.replace(paper, encoder_backward="fused"),
         "paper-channels-last": dataclasses.replace(paper, channels_last=not paper.channels_last),
+        "paper-encoder-nhwc": dataclasses.replace(
+            paper, encoder_channels_last=not paper.encoder_channels_last
+        ),
         "paper-no-cudnn-bench": dataclasses.replace(paper, cudnn_benchmark=False),
         "paper-no-tf32": dataclasses.replace(paper, tf32=False),
     }

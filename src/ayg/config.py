@@ -78,6 +78,9 @@ class TeacherConfig:
     encoder_backward: str = "fused"
     encoder_chunk: int = 8
     channels_last: bool = False  # measured slower on the H200: the VAE's GroupNorms (step.md)
+    # the VAE encoders alone channels-last (NHWC): with encoder_backward="fused" their
+    # GroupNorm + SiLU kernels read NHWC, so cuDNN's convolutions need no layout conversions
+    encoder_channels_last: bool = False
     cuda_graphs: bool = True
     compile: str = "none"
     compile_cache: str | None = None

@@ -92,3 +92,20 @@ def test_overlap_benchmark_times_each_pair_both_ways(tmp_path):
         assert min(r["a_ms"], r["b_ms"], r["sequential_ms"], r["overlapped_ms"]) > 0
         assert r["saved_ms"] == pytest.approx(r["sequential_ms"] - r["overlapped_ms"])
     assert "MVDream" in rows[0]["a"] and "video" in rows[2]["a"] and "SD" in rows[3]["b"]
+
+
+def test_encoders_benchmark_times_each_encoder_both_layouts(tmp_path):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "encoders.json"
+    args = ["--tiny", "--reps", "1", "--rounds", "1", "--json", str(out)]
+    res = run("encoders.py", *args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["encoder"] for r in rows] == [
+        "stage 2: video",
+        "stage 2: SD",
+        "stage 1: MVDream",
+        "stage 1: SD",
+    ]
+    assert [r["frames"] for r in rows] == [32, 8, 4, 4]  # the tiny step's sizes
+    assert all(r["nchw_ms"] > 0 and r["nhwc_ms"] > 0 for r in rows)

@@ -73,41 +73,52 @@ def test_kernels_pass_under_the_interpreter():
         pytest.skip("this is the child process")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-           "triton_kernels"]  # fmt: skip
+           "triton_kernels or channels_last_encoder"]  # fmt: skip
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "6 passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
+    assert "12 passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
 
 @pytest.mark.parametrize(
-    "shape,groups,block,programs",
+    "shape,groups,block,programs,layout",
     [
-        ((2, 8, 9, 13), 4, 32, 4),  # 2 channels of 117 per row: 8 tiles of 32, one split
-        ((2, 8, 9, 13), 4, 32, 24),  # 3 splits of 3 tiles, the last one tile short
-        ((2, 8, 9, 13), 4, 32, 64),  # one tile per split
-        ((1, 4, 6, 6), 2, 1024, 1),  # one tile per row, mostly masked
-        ((3, 6, 2, 5, 7), 3, 16, 5),  # (N, C, T, H, W)
+        ((2, 8, 9, 13), 4, 32, 4, ""),  # 2 channels of 117 per row: 8 tiles of 32, one split
+        ((2, 8, 9, 13), 4, 32, 24, ""),  # 3 splits of 3 tiles, the last one tile short
+        ((2, 8, 9, 13), 4, 32, 64, ""),  # one tile per split
+        ((1, 4, 6, 6), 2, 1024, 1, ""),  # one tile per row, mostly masked
+        ((3, 6, 2, 5, 7), 3, 16, 5, ""),  # (N, C, T, H, W)
+        ((2, 8, 9, 13), 4, 32, 4, "cl"),  # channels-last: tiles of 4 pixels × 8 channels
+        ((2, 8, 9, 13), 4, 16, 24, "cl"),  # 2-pixel tiles, 12 splits, the last tile short
+        ((3, 12, 5, 6), 4, 64, 5, "cl"),  # 12 channels in a 16-lane tile: masked channels
+        ((1, 6, 3, 3), 2, 8, 2, "cl"),  # 3 channels per group, one sample
     ],
 )
-def test_triton_kernels_match_the_formulas(interpret, shape, groups, block, programs):
+def test_triton_kernels_match_the_formulas(interpret, shape, groups, block, programs, layout):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=gen) * 2 - 3
     x[-1] = x[-1] * 0.01 + 300.0  # a mean far above the spread: the sums must not cancel
     c = shape[1]
     w, b = torch.randn(c, generator=gen), torch.randn(c, generator=gen)
     dy = torch.randn(shape, generator=gen)
+    if layout:  # NHWC in, NHWC out, the gradient too
+        x, dy = (t.contiguous(memory_format=torch.channels_last) for t in (x, dy))
+        assert fe._is_channels_last(x)
     assert fe._use_triton(x)
     got = grads(lambda t: group_norm_silu(t, groups, w, b, 1e-6, block, programs), x, dy)
     ref = grads(lambda t: reference(t, groups, w, b, 1e-6), x.double(), dy.double())
     torch.testing.assert_close(got[0], ref[0].float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], ref[1].float(), rtol=1e-4, atol=1e-5)
+    for t in got:
+        assert fe._is_channels_last(t) == bool(layout)
 
 
-def test_triton_kernels_in_bf16_are_within_bf16_rounding(interpret):
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_triton_kernels_in_bf16_are_within_bf16_rounding(interpret, memory_format):
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2, 8, 16, 16, generator=gen).bfloat16()
     w, b = torch.randn(8, generator=gen).bfloat16(), torch.randn(8, generator=gen).bfloat16()
     dy = torch.randn(x.shape, generator=gen).bfloat16()
+    x, dy = (t.contiguous(memory_format=memory_format) for t in (x, dy))
     got = grads(lambda t: group_norm_silu(t, 4, w, b, 1e-6, 64, 8), x, dy)
     ref = grads(lambda t: reference(t, 4, w, b, 1e-6), x.double(), dy.double())
     for g, r in zip(got, ref, strict=True):
@@ -178,3 +189,47 @@ def test_fused_encoder_stores_less_and_restores_the_vae():
         assert {"FusedGroupNormSiLU", "FrozenConv2d", "Identity"} <= kinds
         assert "SiLU" not in kinds and "Conv2d" not in kinds
     assert type(vae.encoder.down_blocks[0].resnets[0].nonlinearity) is nn.SiLU
+
+
+def test_a_channels_last_encoder_runs_nhwc_through_the_kernels(interpret):
+    """A VAE stored channels-last (``teachers.encoder_channels_last``) with the fused encoder:
+    the Triton kernels read and write NHWC (no layout conversion around the convolutions) and
+    the posterior and the frames' gradient are plain autograd's on the NCHW VAE."""
+    pytest.importorskip("diffusers")
+    from test_teachers_sd_video import tiny_vae
+
+    from ayg.teachers.runtime import set_memory_format
+    from ayg.teachers.stable_diffusion import posterior_moments
+
+    torch.manual_seed(0)
+    vae = tiny_vae().eval().requires_grad_(False).double()
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    g = torch.randn(2, 8, 8, 8, dtype=torch.float64)
+
+    def run(mode, channels_last):
+        set_memory_format(vae, channels_last)
+        xi = x.clone()
+        if channels_last:
+            xi = xi.contiguous(memory_format=torch.channels_last)
+        xi.requires_grad_(True)
+        mean, std = posterior_moments(vae, xi, mode)
+        (torch.cat([mean, std], 1) * g).sum().backward()
+        return mean.detach(), std.detach(), xi.grad
+
+    layouts = []
+    original = fe._GroupNormSiLU.forward
+
+    def spy(ctx, x, *args):
+        layouts.append(fe._is_channels_last(x))
+        return original(ctx, x, *args)
+
+    ref = run("keep", False)
+    fe._GroupNormSiLU.forward = staticmethod(spy)
+    try:
+        got = run("fused", True)
+    finally:
+        fe._GroupNormSiLU.forward = staticmethod(original)
+        set_memory_format(vae, False)
+    assert layouts and all(layouts)  # every fused norm saw an NHWC tensor
+    for a, b in zip(got, ref, strict=True):  # the kernels compute in float32
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

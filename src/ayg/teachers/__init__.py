@@ -166,6 +166,7 @@ def runtime_of(cfg: TeacherConfig):
         encoder_backward=cfg.encoder_backward,
         encoder_chunk=cfg.encoder_chunk,
         channels_last=cfg.channels_last,
+        encoder_channels_last=cfg.encoder_channels_last,
         cuda_graphs=cfg.cuda_graphs,
         compile=cfg.compile,
         compile_cache=cfg.compile_cache,

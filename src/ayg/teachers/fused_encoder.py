@@ -141,7 +141,108 @@ def _kernels():
             tl.store(SG + row * S + split, tl.sum(acc_g, axis=0))
             tl.store(SGX + row * S + split, tl.sum(acc_gx, axis=0))
 
-    return stats, forward, backward
+    # Channels-last (NHWC) tensors: a tile is BLOCK_P pixels × all C channels, contiguous in
+    # memory; per-channel sums are folded into per-group sums with a one-hot (group × channel)
+    # mask, so any channels-per-group count works. Rows (n·G + g) and splits as above.
+
+    @triton.jit
+    def stats_cl(X, PIVOT, S1, S2, HW, C, G, CPG, T, S, BLOCK_P: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+        n, split = tl.program_id(0), tl.program_id(1)
+        base = n.to(tl.int64) * HW * C
+        ch = tl.arange(0, BLOCK_C)
+        cmask = ch < C
+        grp = ch // CPG
+        pivot = tl.load(PIVOT + n * G + grp, mask=cmask, other=0.0)
+        px = tl.arange(0, BLOCK_P)
+        acc1 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        acc2 = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        for t in range(0, T):
+            p = (split * T + t) * BLOCK_P + px
+            mask = (p < HW)[:, None] & cmask[None, :]
+            offs = base + p.to(tl.int64)[:, None] * C + ch[None, :]
+            x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            d = tl.where(mask, x - pivot[None, :], 0.0)
+            acc1 += d
+            acc2 += d * d
+        gi = tl.arange(0, BLOCK_G)
+        onehot = grp[None, :] == gi[:, None]  # (BLOCK_G, BLOCK_C)
+        g1 = tl.sum(tl.where(onehot, tl.sum(acc1, axis=0)[None, :], 0.0), axis=1)
+        g2 = tl.sum(tl.where(onehot, tl.sum(acc2, axis=0)[None, :], 0.0), axis=1)
+        tl.store(S1 + (n * G + gi) * S + split, g1, mask=gi < G)
+        tl.store(S2 + (n * G + gi) * S + split, g2, mask=gi < G)
+
+    @triton.jit
+    def forward_cl(X, Y, PIVOT, SHIFT, RSTD, W, B, HW, C, G, CPG, T, BLOCK_P: tl.constexpr,
+                   BLOCK_C: tl.constexpr):  # fmt: skip
+        n, split = tl.program_id(0), tl.program_id(1)
+        base = n.to(tl.int64) * HW * C
+        ch = tl.arange(0, BLOCK_C)
+        cmask = ch < C
+        row = n * G + ch // CPG
+        pivot = tl.load(PIVOT + row, mask=cmask, other=0.0)[None, :]
+        shift = tl.load(SHIFT + row, mask=cmask, other=0.0)[None, :]
+        rstd = tl.load(RSTD + row, mask=cmask, other=0.0)
+        w = (tl.load(W + ch, mask=cmask, other=0.0).to(tl.float32) * rstd)[None, :]
+        b = tl.load(B + ch, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        px = tl.arange(0, BLOCK_P)
+        for t in range(0, T):
+            p = (split * T + t) * BLOCK_P + px
+            mask = (p < HW)[:, None] & cmask[None, :]
+            offs = base + p.to(tl.int64)[:, None] * C + ch[None, :]
+            x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            z = ((x - pivot) - shift) * w + b
+            y = z * tl.sigmoid(z)
+            tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def backward_cl(X, DY, DX, PIVOT, SHIFT, RSTD, W, B, SG, SGX, MG, MGX, HW, C, G, CPG, T, S,
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr,
+                    SUMS: tl.constexpr):  # fmt: skip
+        n, split = tl.program_id(0), tl.program_id(1)
+        base = n.to(tl.int64) * HW * C
+        ch = tl.arange(0, BLOCK_C)
+        cmask = ch < C
+        grp = ch // CPG
+        row = n * G + grp
+        pivot = tl.load(PIVOT + row, mask=cmask, other=0.0)[None, :]
+        shift = tl.load(SHIFT + row, mask=cmask, other=0.0)[None, :]
+        rstd = tl.load(RSTD + row, mask=cmask, other=0.0)[None, :]
+        w = tl.load(W + ch, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        b = tl.load(B + ch, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        mg = tl.zeros((1, BLOCK_C), tl.float32)
+        mgx = tl.zeros((1, BLOCK_C), tl.float32)
+        if not SUMS:
+            mg = tl.load(MG + row, mask=cmask, other=0.0)[None, :]
+            mgx = tl.load(MGX + row, mask=cmask, other=0.0)[None, :]
+        acc_g = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        acc_gx = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+        px = tl.arange(0, BLOCK_P)
+        for t in range(0, T):
+            p = (split * T + t) * BLOCK_P + px
+            mask = (p < HW)[:, None] & cmask[None, :]
+            offs = base + p.to(tl.int64)[:, None] * C + ch[None, :]
+            x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+            xhat = ((x - pivot) - shift) * rstd
+            z = xhat * w + b
+            s = tl.sigmoid(z)
+            gh = tl.where(mask, dy * s * (1.0 + z * (1.0 - s)) * w, 0.0)  # d loss / d xhat
+            if SUMS:
+                acc_g += gh
+                acc_gx += gh * xhat
+            else:
+                dx = rstd * (gh - mg - xhat * mgx)
+                tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+        if SUMS:
+            gi = tl.arange(0, BLOCK_G)
+            onehot = grp[None, :] == gi[:, None]  # (BLOCK_G, BLOCK_C)
+            g1 = tl.sum(tl.where(onehot, tl.sum(acc_g, axis=0)[None, :], 0.0), axis=1)
+            g2 = tl.sum(tl.where(onehot, tl.sum(acc_gx, axis=0)[None, :], 0.0), axis=1)
+            tl.store(SG + (n * G + gi) * S + split, g1, mask=gi < G)
+            tl.store(SGX + (n * G + gi) * S + split, g2, mask=gi < G)
+
+    return stats, forward, backward, stats_cl, forward_cl, backward_cl
 
 
 def _block(hw: int, cap: int) -> int:
@@ -166,6 +267,39 @@ class _Launch:
         self.splits = math.ceil(tiles / self.per)
         self.grid = (self.rows, self.splits)
         self.warps = 8 if self.block >= 2048 else 4
+        self.channels_last = False
+
+
+class _LaunchCL:
+    """Grid and sizes of one channels-last (N, C, H, W) tensor's kernels: tiles of
+    ``block_p`` pixels × every channel, about ``cap`` elements."""
+
+    def __init__(self, x: Tensor, groups: int, cap: int, programs: int) -> None:
+        n, c = x.shape[:2]
+        self.rows, self.length, self.hw, self.cpg = _shape(x, groups)
+        self.c, self.groups = c, groups
+        self.block_c = triton.next_power_of_2(c)
+        self.block_g = triton.next_power_of_2(groups)
+        self.block_p = min(max(1, cap // self.block_c), triton.next_power_of_2(self.hw))
+        tiles = math.ceil(self.hw / self.block_p)
+        splits = max(1, min(tiles, math.ceil(programs / n)))
+        self.per = math.ceil(tiles / splits)  # tiles per split
+        self.splits = math.ceil(tiles / self.per)
+        self.grid = (n, self.splits)
+        self.warps = 8 if self.block_p * self.block_c >= 2048 else 4
+        self.channels_last = True
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    """x (N, C, H, W) stored channels-last (NHWC), and not also plainly contiguous."""
+    return (
+        x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def _launch(x: Tensor, groups: int, cap: int, programs: int) -> _Launch | _LaunchCL:
+    cls = _LaunchCL if _is_channels_last(x) else _Launch
+    return cls(x, groups, cap, programs)
 
 
 def _use_triton(x: Tensor) -> bool:
@@ -192,12 +326,21 @@ def _stats_torch(x: Tensor, groups: int, eps: float) -> tuple[Tensor, Tensor]:
     return mean, torch.rsqrt(var + eps)
 
 
-def _stats_triton(x: Tensor, eps: float, launch: _Launch):
+def _stats_triton(x: Tensor, eps: float, launch: _Launch | _LaunchCL):
     length = launch.length
-    pivot = x.reshape(launch.rows, length)[:, 0].float().contiguous()
+    pivot = (
+        x[:, :: launch.cpg].flatten(2)[:, :, 0].float().reshape(-1).contiguous()
+    )  # x[n, g·CPG, 0]
     s1, s2 = (torch.empty(launch.rows, launch.splits, device=x.device) for _ in range(2))
-    _kernels()[0][launch.grid](x, pivot, s1, s2, launch.hw, launch.cpg, launch.tpc, launch.per,
-                               launch.splits, BLOCK=launch.block, num_warps=launch.warps)  # fmt: skip
+    if launch.channels_last:
+        _kernels()[3][launch.grid](x, pivot, s1, s2, launch.hw, launch.c, launch.groups,
+                                   launch.cpg, launch.per, launch.splits,
+                                   BLOCK_P=launch.block_p, BLOCK_C=launch.block_c,
+                                   BLOCK_G=launch.block_g, num_warps=launch.warps)  # fmt: skip
+    else:
+        _kernels()[0][launch.grid](x, pivot, s1, s2, launch.hw, launch.cpg, launch.tpc,
+                                   launch.per, launch.splits, BLOCK=launch.block,
+                                   num_warps=launch.warps)  # fmt: skip
     shift = s1.sum(1) / length
     var = (s2.sum(1) / length - shift * shift).clamp_min(0.0)
     return pivot, shift, torch.rsqrt(var + eps)  # the mean is pivot + shift
@@ -215,15 +358,22 @@ def _affine_torch(x, mean, rstd, weight, bias, groups):
 class _GroupNormSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups, eps, block, programs):
-        x = x.contiguous()
         triton_path = _use_triton(x)
+        if not (triton_path and _is_channels_last(x)):
+            x = x.contiguous()  # channels-last stays so on the Triton path
         if triton_path:
-            launch = _Launch(x, groups, block, programs)
+            launch = _launch(x, groups, block, programs)
             pivot, shift, rstd = _stats_triton(x, eps, launch)
             y = torch.empty_like(x)
-            _kernels()[1][launch.grid](x, y, pivot, shift, rstd, weight, bias, launch.hw, launch.cpg,
-                                       groups, launch.tpc, launch.per, BLOCK=launch.block,
-                                       num_warps=launch.warps)  # fmt: skip
+            if launch.channels_last:
+                _kernels()[4][launch.grid](x, y, pivot, shift, rstd, weight, bias, launch.hw,
+                                           launch.c, groups, launch.cpg, launch.per,
+                                           BLOCK_P=launch.block_p, BLOCK_C=launch.block_c,
+                                           num_warps=launch.warps)  # fmt: skip
+            else:
+                _kernels()[1][launch.grid](x, y, pivot, shift, rstd, weight, bias, launch.hw,
+                                           launch.cpg, groups, launch.tpc, launch.per,
+                                           BLOCK=launch.block, num_warps=launch.warps)  # fmt: skip
         else:
             pivot, rstd = _stats_torch(x, groups, eps)
             shift = torch.zeros_like(pivot)
@@ -237,21 +387,32 @@ class _GroupNormSiLU(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, bias, pivot, shift, rstd = ctx.saved_tensors
         groups = ctx.groups
-        dy = dy.contiguous()
         rows, length, _, _ = _shape(x, groups)
         if ctx.triton_path:
-            backward, launch = _kernels()[2], _Launch(x, groups, ctx.block, ctx.programs)
+            launch = _launch(x, groups, ctx.block, ctx.programs)
+            fmt = torch.channels_last if launch.channels_last else torch.contiguous_format
+            dy = dy.contiguous(memory_format=fmt)
             sg, sgx = (torch.empty(launch.rows, launch.splits, device=x.device) for _ in range(2))
             dx = torch.empty_like(x)
             mg = mgx = sg  # read only by the second launch, which gets the means
             for sums in (True, False):
-                backward[launch.grid](x, dy, dx, pivot, shift, rstd, weight, bias, sg, sgx, mg, mgx,
-                                      launch.hw, launch.cpg, groups, launch.tpc, launch.per,
-                                      launch.splits, BLOCK=launch.block, SUMS=sums,
-                                      num_warps=launch.warps)  # fmt: skip
+                if launch.channels_last:
+                    _kernels()[5][launch.grid](x, dy, dx, pivot, shift, rstd, weight, bias, sg,
+                                               sgx, mg, mgx, launch.hw, launch.c, groups,
+                                               launch.cpg, launch.per, launch.splits,
+                                               BLOCK_P=launch.block_p, BLOCK_C=launch.block_c,
+                                               BLOCK_G=launch.block_g, SUMS=sums,
+                                               num_warps=launch.warps)  # fmt: skip
+                else:
+                    _kernels()[2][launch.grid](x, dy, dx, pivot, shift, rstd, weight, bias, sg,
+                                               sgx, mg, mgx, launch.hw, launch.cpg, groups,
+                                               launch.tpc, launch.per, launch.splits,
+                                               BLOCK=launch.block, SUMS=sums,
+                                               num_warps=launch.warps)  # fmt: skip
                 if sums:
                     mg, mgx = sg.sum(1) / length, sgx.sum(1) / length
         else:
+            dy = dy.contiguous()
             xhat, w, z = _affine_torch(x, pivot + shift, rstd, weight, bias, groups)
             s = torch.sigmoid(z)
             gh = (dy.to(z.dtype) * s * (1.0 + z * (1.0 - s)) * w).reshape(rows, length)

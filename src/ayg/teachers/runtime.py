@@ -42,6 +42,7 @@ class Runtime:
     encoder_backward: str = "keep"
     encoder_chunk: int | None = 16
     channels_last: bool = False
+    encoder_channels_last: bool = False  # the VAE alone channels-last (its encoder NHWC)
     cuda_graphs: bool = False
     compile: str = "none"
     compile_cache: str | None = None  # None: TORCHINDUCTOR_CACHE_DIR, else the user cache
@@ -231,8 +232,8 @@ def configure_teacher(teacher: Any, runtime: Runtime) -> Any:
     teacher.encoder_backward = runtime.encoder_backward
     teacher.encode_chunk = runtime.encoder_chunk
     unet = plain_unet(teacher.unet)
-    for module in (unet, teacher.vae):
-        set_memory_format(module, runtime.channels_last)
+    set_memory_format(unet, runtime.channels_last)
+    set_memory_format(teacher.vae, runtime.channels_last or runtime.encoder_channels_last)
     teacher.unet_channels_last = runtime.channels_last
     if runtime.compile != "none":
         use_compile_cache(runtime.compile_cache)
