@@ -181,11 +181,14 @@ def references(modules, frames):
     return ref32, naive
 
 
-@pytest.mark.parametrize("name", ["paper", "lowvram", "paper+eager", "paper+lean+eager"])
+@pytest.mark.parametrize(
+    "name", ["paper", "lowvram", "paper+eager", "paper+lean+eager", "paper+nhwc+eager"]
+)
 def test_fast_runtime_gradient_on_the_frames_matches_eager(modules, frames, references, name):
     """A preset's runtime (paper: the fused encoders and compiled UNets), +eager: with the
     UNets' forward not compiled (``teachers.compile=none``), +lean: with
-    ``teachers.encoder_backward=lean``."""
+    ``teachers.encoder_backward=lean``, +nhwc: with the VAEs channels-last
+    (``teachers.encoder_channels_last``, the fused kernels on NHWC tensors)."""
     ref32, naive = references
     base, *levers = name.split("+")
     rt = runtime_of(preset(base).teachers)
@@ -193,6 +196,8 @@ def test_fast_runtime_gradient_on_the_frames_matches_eager(modules, frames, refe
         rt = dataclasses.replace(rt, compile="none")
     if "lean" in levers:
         rt = dataclasses.replace(rt, encoder_backward="lean")
+    if "nhwc" in levers:
+        rt = dataclasses.replace(rt, encoder_channels_last=True)
     vid, sd = teachers(modules, torch.bfloat16)
     for t in (vid, sd):
         configure_teacher(t, rt)
