@@ -172,7 +172,8 @@ def test_step_gradient_on_the_frames_is_the_eager_one(tokenizer, runtime):
     ref = stage2_gradient(configure_teacher(video, NAIVE), configure_teacher(sd, NAIVE), frames)
     got = stage2_gradient(configure_teacher(video, runtime), configure_teacher(sd, runtime), frames)
     assert ref.abs().max() > 0
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+    # float32 rounding, scaled to the gradient (the CPU kernels' summation order is torch's)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=2e-5 * float(ref.abs().max()))
 
 
 # -- one encoder pass for two teachers ---------------------------------------------------------
@@ -247,8 +248,9 @@ def test_a_shared_posterior_gives_the_gradient_and_draws_of_two_encoder_passes(t
         loss, stats = compose(parts)
         loss.backward()
         out[shared] = (x.grad, gen.get_state(), stats)
-    assert out[False][0].abs().max() > 0
-    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-7)
+    scale = float(out[False][0].abs().max())
+    assert scale > 0  # float32 rounding, scaled to the gradient
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=2e-6 * scale)
     assert torch.equal(out[True][1], out[False][1])
     assert out[True][2] == pytest.approx(out[False][2], rel=1e-5)
 
