@@ -61,14 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage 1: MVDream": (mv, views),
         "stage 1: SD": (sd, views.reshape(n1, 1, 3, s1.height, s1.width)),
     }
-    report: dict = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch": torch.__version__,
-        "commit": step.git_commit(),
-        "command": " ".join(["python", *sys.argv]),
-        "encoder_backward": paper.encoder_backward,
-        "rows": [],
-    }
+    report: dict = {**step.run_header(cuda), "encoder_backward": paper.encoder_backward, "rows": []}
     print(f"# encoder_backward={paper.encoder_backward}, {report['device']}")
     print(f"{'encoder':18s} {'frames':>6s} {'NCHW ms':>8s} {'NHWC ms':>8s} {'NCHW GiB':>9s} "
           f"{'NHWC GiB':>9s}")  # fmt: skip

@@ -102,14 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.bfloat16 if cuda else torch.float32
     clock = step.Clock(device)
     streams = [torch.cuda.Stream(), torch.cuda.Stream()] if cuda else None
-    report: dict = {
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "torch": torch.__version__,
-        "commit": step.git_commit(),
-        "command": " ".join(["python", *sys.argv]),
-        "reps": args.reps,
-        "rows": [],
-    }
+    report: dict = {**step.run_header(cuda), "reps": args.reps, "rows": []}
     print(f"{'stage':8s} {'calls':9s} {'A ms':>8s} {'B ms':>8s} {'A then B':>9s} "
           f"{'A beside B':>11s} {'saved ms':>9s}")  # fmt: skip
     for stage, rows in pairs(args, device, dtype).items():

@@ -712,6 +712,16 @@ def print_components(
     return rows
 
 
+def run_header(cuda: bool) -> dict:
+    """What every benchmark report starts with: device, torch, commit and the command line."""
+    return {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "commit": git_commit(),
+        "command": " ".join(["python", *sys.argv]),
+    }
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
