@@ -79,7 +79,8 @@ class TeacherConfig:
     encoder_chunk: int = 8
     channels_last: bool = False  # measured slower on the H200: the VAE's GroupNorms (step.md)
     # the VAE encoders alone channels-last (NHWC): with encoder_backward="fused" their
-    # GroupNorm + SiLU kernels read NHWC, so cuDNN's convolutions need no layout conversions
+    # GroupNorm + SiLU kernels read NHWC, so cuDNN's convolutions need no layout conversions;
+    # off: measured slower on an H100 all the same (docs/results/step.md)
     encoder_channels_last: bool = False
     cuda_graphs: bool = True
     compile: str = "none"
